@@ -1,0 +1,69 @@
+"""Run configuration editable in the Dagster launchpad; each mirrors a core frozen dataclass.
+
+A test checks that every mirror has exactly the fields (and defaults) of its core dataclass.
+"""
+
+import dataclasses
+from typing import Any, Literal, TypeVar
+
+from dagster import Config
+from pydantic import Field
+
+from unisid_pipeline.data.ingest import IngestionConfig
+from unisid_pipeline.data.synthetic import SyntheticWorldConfig
+
+T = TypeVar("T")
+
+_S = SyntheticWorldConfig()
+
+
+class SyntheticWorld(Config):
+    """Sizes and click dynamics of the embedded synthetic ad world."""
+
+    n_ads: int = Field(_S.n_ads, description="number of ads")
+    n_users: int = Field(_S.n_users, description="number of users (each gets one click sequence)")
+    n_advertisers: int = Field(_S.n_advertisers, description="advertisers (one brand and vertical each)")
+    n_verticals: int = Field(_S.n_verticals, description="taxonomy level 1 (12 curated)")
+    categories_per_vertical: int = Field(_S.categories_per_vertical, description="taxonomy level 2 per vertical (4 curated)")
+    subcategories_per_category: int = Field(_S.subcategories_per_category, description="taxonomy level 3 per category (4 curated)")
+    image_dim: int = Field(_S.image_dim, description="image feature vector size; 0 = no image features")
+    image_noise: float = Field(_S.image_noise, description="noise of image features around their category centre")
+    min_seq_len: int = Field(_S.min_seq_len, description="shortest click sequence (>= 3)")
+    max_seq_len: int = Field(_S.max_seq_len, description="longest click sequence")
+    mean_extra_len: float = Field(_S.mean_extra_len, description="mean number of clicks beyond min_seq_len")
+    p_same_leaf: float = Field(_S.p_same_leaf, description="P(next click in the same sub-category)")
+    p_sibling_leaf: float = Field(_S.p_sibling_leaf, description="P(next click in a sibling sub-category)")
+    p_interest: float = Field(_S.p_interest, description="P(next click in another of the user's interests)")
+    n_interests: int = Field(_S.n_interests, description="latent interests per user")
+    seed: int = Field(_S.seed, description="generator seed")
+
+
+_I = IngestionConfig()
+
+
+class Ingestion(Config):
+    """Where ads and interactions come from, and how they are validated."""
+
+    source: Literal["synthetic", "files", "amazon_beauty"] = Field(
+        _I.source, description="synthetic (default), files (ads_path + interactions_path) or amazon_beauty (beauty_dir)")
+    synthetic: SyntheticWorld = Field(default_factory=SyntheticWorld, description="synthetic world settings")
+    ads_path: str = Field(_I.ads_path, description="source=files: ads file (.csv/.tsv/.jsonl/.parquet)")
+    interactions_path: str = Field(_I.interactions_path, description="source=files: interactions file")
+    beauty_dir: str = Field(_I.beauty_dir, description="source=amazon_beauty: the dataset folder")
+    max_text_chars: int = Field(_I.max_text_chars, description="longer titles/descriptions are rejected")
+    timestamp_order: Literal["reject", "sort"] = Field(
+        _I.timestamp_order, description="reject events that go back in time per user, or sort them")
+
+
+def to_core(cfg: Config, core_cls: type[T]) -> T:
+    """Build the core dataclass from its Dagster mirror (nested dataclasses included)."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(core_cls):
+        v = getattr(cfg, f.name)
+        if isinstance(v, Config):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            v = to_core(v, type(default))
+        elif isinstance(v, list):
+            v = tuple(v)
+        values[f.name] = v
+    return core_cls(**values)

@@ -1,0 +1,30 @@
+"""Build the Dagster Definitions (resources bound to one project home)."""
+from __future__ import annotations
+
+from dagster import Definitions, define_asset_job, in_process_executor
+
+from assets import ingestion
+from assets.resources import MlflowTracking, ProjectHome, WarehouseIOManager
+
+ALL_ASSETS = [*ingestion.ASSETS]
+ALL_CHECKS = [*ingestion.CHECKS]
+
+
+def build_definitions(home: str = "", tracking_uri: str = "") -> Definitions:
+    """home "" = $UNISID_HOME or ./.unisid_home; tracking_uri "" = $MLFLOW_TRACKING_URI or sqlite under home."""
+    jobs = [
+        define_asset_job("full_pipeline", selection="*", description="everything, ingestion to comparison report"),
+        define_asset_job("ingestion_job", selection="group:ingestion",
+                         description="ingest and validate ads and interactions, build user sequences"),
+    ]
+    return Definitions(
+        assets=ALL_ASSETS,
+        asset_checks=ALL_CHECKS,
+        jobs=jobs,
+        executor=in_process_executor,
+        resources={
+            "io_manager": WarehouseIOManager(home=home),
+            "mlflow": MlflowTracking(home=home, tracking_uri=tracking_uri),
+            "project_home": ProjectHome(path=home),
+        },
+    )

@@ -1,0 +1,48 @@
+"""Materialization metadata a person would rather look at than read: counts, previews, plots."""
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import polars as pl
+from dagster import MetadataValue
+
+from unisid_pipeline.tracking import TrackedRun
+
+
+def markdown_table(frame: pl.DataFrame, max_rows: int = 10, max_chars: int = 60) -> str:
+    head = frame.head(max_rows)
+    cols = head.columns
+
+    def cell(v: Any) -> str:
+        text = "" if v is None else str(v)
+        text = text.replace("|", "\\|").replace("\n", " ")
+        return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in head.iter_rows():
+        lines.append("| " + " | ".join(cell(v) for v in row) + " |")
+    if frame.height > max_rows:
+        lines.append(f"\n_{frame.height - max_rows:,} more rows_")
+    return "\n".join(lines)
+
+
+def table_metadata(frame: pl.DataFrame, preview_columns: list[str] | None = None) -> dict[str, Any]:
+    view = frame.select(preview_columns) if preview_columns else frame
+    return {
+        "dagster/row_count": MetadataValue.int(frame.height),
+        "preview": MetadataValue.md(markdown_table(view)),
+    }
+
+
+def run_metadata(run: TrackedRun, ui_url: str) -> dict[str, Any]:
+    return {"mlflow_run_id": run.run_id, "mlflow_run": MetadataValue.url(run.url(ui_url))}
+
+
+def figure_metadata(figure: Any) -> MetadataValue:
+    """A matplotlib figure as an inline PNG in Markdown (shown in the Dagster UI)."""
+    buf = io.BytesIO()
+    figure.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    data = base64.b64encode(buf.getvalue()).decode()
+    return MetadataValue.md(f"![plot](data:image/png;base64,{data})")

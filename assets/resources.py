@@ -1,0 +1,103 @@
+"""Dagster resources: the project home, the DuckDB warehouse IO manager and MLflow tracking."""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, OutputContext
+
+from unisid_pipeline import paths, warehouse
+from unisid_pipeline.tracking import TrackedRun, open_run
+
+
+class ProjectHome(ConfigurableResource):
+    """Where the warehouse, MLflow store, checkpoints and caches live ("" = $UNISID_HOME or ./.unisid_home)."""
+
+    path: str = ""
+
+    @property
+    def root(self) -> Path:
+        return paths.project_home(self.path or None)
+
+    def sub(self, *parts: str) -> Path:
+        p = self.root.joinpath(*parts)
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+
+class WarehouseIOManager(ConfigurableIOManager):
+    """polars DataFrames -> DuckDB tables (atomic replace); anything else -> atomic pickle files."""
+
+    home: str = ""
+
+    def _db(self) -> Path:
+        return paths.warehouse_path(paths.project_home(self.home or None))
+
+    def _obj(self, key: list[str]) -> Path:
+        return paths.project_home(self.home or None) / "objects" / f"{warehouse.table_name(key)}.pkl"
+
+    def handle_output(self, context: OutputContext, obj: Any) -> None:
+        if obj is None:
+            return
+        key = list(context.asset_key.path)
+        name = warehouse.table_name(key)
+        if isinstance(obj, pl.DataFrame):
+            warehouse.write_table(self._db(), name, obj)
+            self._obj(key).unlink(missing_ok=True)
+            context.add_output_metadata({"duckdb_table": f"{self._db()}::{name}"})
+        else:
+            warehouse.write_object(self._obj(key), obj)
+            context.add_output_metadata({"object_path": str(self._obj(key))})
+
+    def load_input(self, context: InputContext) -> Any:
+        key = list(context.asset_key.path)
+        name = warehouse.table_name(key)
+        obj_path = self._obj(key)
+        if obj_path.exists():
+            return warehouse.read_object(obj_path)
+        try:
+            return warehouse.read_table(self._db(), name)
+        except KeyError:
+            raise FileNotFoundError(
+                f"asset {'/'.join(key)} has not been materialized in {self._db().parent}; "
+                f"run `dagster asset materialize --select {'/'.join(key)}` (or its upstream) first"
+            ) from None
+
+
+class MlflowTracking(ConfigurableResource):
+    """One MLflow run per asset materialization, tagged with the Dagster run id and asset key.
+
+    tracking_uri "" = $MLFLOW_TRACKING_URI, else a sqlite store under the project home with local
+    artifacts beside it (`mlflow ui --backend-store-uri sqlite:///<home>/mlflow.db`).
+    """
+
+    home: str = ""
+    tracking_uri: str = ""
+    experiment_name: str = "unisid_pipeline"
+    ui_url: str = "http://127.0.0.1:5000"
+
+    def resolved_uri(self) -> str:
+        return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or paths.mlflow_uri(paths.project_home(self.home or None))
+
+    @contextlib.contextmanager
+    def run_for(self, context, params: dict[str, Any] | None = None) -> Iterator[TrackedRun]:
+        """Open the MLflow run for this materialization; adds the run id/url to the asset metadata."""
+        keys = sorted("/".join(k.path) for k in context.selected_asset_keys)
+        home = paths.project_home(self.home or None)
+        tags = {
+            "dagster.run_id": context.run_id,
+            "dagster.asset_key": ",".join(keys),
+            "dagster.job": context.job_name or "",
+            "dagster.step": context.op_handle.name if hasattr(context, "op_handle") else "",
+        }
+        if context.has_partition_key:
+            tags["dagster.partition"] = context.partition_key
+        run_name = f"{context.op_handle.name if hasattr(context, 'op_handle') else keys[0]}-{context.run_id[:8]}"
+        with open_run(self.resolved_uri(), self.experiment_name, run_name, tags, params,
+                      artifact_root=paths.mlflow_artifacts(home)) as run:
+            context.log.info(f"MLflow run {run.run_id} ({run.url(self.ui_url)})")
+            yield run

@@ -1,0 +1,46 @@
+"""Make the venv find the project from any shell: DAGSTER_MODULE_NAME, DAGSTER_HOME and UNISID_HOME.
+
+Writes (idempotently) a `.pth` start-up hook into the venv's site-packages, which sets the three
+variables with os.environ.setdefault (values already in the environment win), and the same
+exports into bin/activate. `dagster asset materialize --select X` then works from the repo root
+without `-m`, activated or not (`.venv/bin/dagster ...`).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+from pathlib import Path
+
+MARK = "# unisid_pipeline environment"
+
+
+def main() -> None:
+    repo = Path(__file__).resolve().parent.parent
+    home = repo / ".unisid_home"
+    dagster_home = home / "dagster"
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    link = dagster_home / "dagster.yaml"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(repo / "dagster.yaml")
+    env = {
+        "DAGSTER_MODULE_NAME": "unisid_pipeline.definitions",
+        "DAGSTER_HOME": str(dagster_home),
+        "UNISID_HOME": str(home),
+    }
+    site = Path(sysconfig.get_paths()["purelib"])
+    pth = site / "unisid_pipeline_env.pth"
+    body = "; ".join(f"os.environ.setdefault({k!r}, {v!r})" for k, v in env.items())
+    pth.write_text(f"import os; {body}\n")
+    activate = Path(sys.prefix) / "bin" / "activate"
+    text = activate.read_text()
+    if MARK in text:
+        text = text[: text.index(MARK)].rstrip("\n") + "\n"
+    exports = "\n".join(f'export {k}="${{{k}:-{v}}}"' for k, v in env.items())
+    activate.write_text(f"{text}\n{MARK}\n{exports}\n")
+    print(f"configured {pth} and {activate}: " + ", ".join(f"{k}={v}" for k, v in env.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+REPO = Path(__file__).resolve().parent.parent
+BEAUTY_DIR = REPO.parent / "shared" / "data" / "amazon-beauty-2014"
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A fresh project home; the environment points at it so nothing touches the developer's home."""
+    h = tmp_path / "home"
+    h.mkdir()
+    monkeypatch.setenv("UNISID_HOME", str(h))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return h
+
+
+@pytest.fixture
+def beauty_dir() -> Path:
+    if not (BEAUTY_DIR / "sequential_data.txt").exists():
+        pytest.skip(f"Amazon Beauty data not found at {BEAUTY_DIR} (it lives in ../shared/data beside the repo)")
+    return BEAUTY_DIR

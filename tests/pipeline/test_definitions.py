@@ -1,0 +1,33 @@
+import dataclasses
+
+import pytest
+
+from assets.config import Ingestion, SyntheticWorld, to_core
+from unisid_pipeline.data.ingest import IngestionConfig
+from unisid_pipeline.data.synthetic import SyntheticWorldConfig
+
+MIRRORS = [(SyntheticWorld, SyntheticWorldConfig), (Ingestion, IngestionConfig)]
+
+
+def test_definitions_load_with_jobs_and_checks():
+    from unisid_pipeline.definitions import defs
+
+    repo = defs.get_repository_def()
+    keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
+    assert {"raw_ads", "rejected_ads", "ad_interactions", "rejected_interactions", "user_sequences"} <= keys
+    assert {"full_pipeline", "ingestion_job"} <= {j.name for j in repo.get_all_jobs()}
+    assert len(list(repo.asset_graph.asset_check_keys)) >= 4
+
+
+@pytest.mark.parametrize("mirror,core", MIRRORS)
+def test_dagster_config_mirrors_core_dataclass(mirror, core):
+    core_fields = {f.name for f in dataclasses.fields(core)}
+    assert set(mirror.model_fields) == core_fields
+    # defaults agree, so the launchpad shows what the core would do
+    assert to_core(mirror(), core) == core()
+
+
+def test_mirror_passes_values_through():
+    cfg = Ingestion(synthetic=SyntheticWorld(n_ads=50, seed=9), timestamp_order="sort")
+    core = to_core(cfg, IngestionConfig)
+    assert core.synthetic.n_ads == 50 and core.synthetic.seed == 9 and core.timestamp_order == "sort"

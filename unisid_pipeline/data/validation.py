@@ -1,0 +1,238 @@
+"""Validate ad and interaction rows: bad rows are set aside with a reason, good rows all survive.
+
+Input frames have a `_line` column (1-based line/row in the source) and columns either already
+typed (Parquet, generator) or as text (CSV, JSONL). Output: a clean frame in the schema of
+`unisid_pipeline.data.schema` and a rejected frame (source, line, field, reason, raw).
+Everything is vectorised with polars; rows are never dropped without a reason.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+import polars as pl
+
+from unisid_pipeline.data.schema import (
+    AD_COLUMNS,
+    AD_REQUIRED,
+    INTERACTION_COLUMNS,
+    INTERACTION_REQUIRED,
+    REJECTED_COLUMNS,
+    empty_rejected,
+)
+
+DEFAULT_MAX_TEXT_CHARS = 20_000
+TEXT_FIELDS = ("title", "description")
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    clean: pl.DataFrame
+    rejected: pl.DataFrame
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {"clean": self.clean.height, "rejected": self.rejected.height}
+
+
+def _parse_vector(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    value = json.loads(text)
+    if not isinstance(value, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
+        raise ValueError("not a list of numbers")
+    return [float(x) for x in value]
+
+
+def _coerce(frame: pl.DataFrame, schema: dict[str, pl.DataType]) -> tuple[pl.DataFrame, dict[str, pl.Expr]]:
+    """Cast every schema column; return the typed frame and {field: error expression} for cast columns.
+
+    An error expression is Utf8, null when the value is fine, else a message. Missing optional
+    columns are added as nulls.
+    """
+    typed = {}
+    errors: dict[str, pl.Expr] = {}
+    for name, dtype in schema.items():
+        if name not in frame.columns:
+            typed[name] = pl.lit(None, dtype=dtype)
+            continue
+        src = frame.schema[name]
+        col = pl.col(name)
+        if src == dtype:
+            typed[name] = col
+            continue
+        if dtype == pl.List(pl.Float32):
+            if src == pl.Utf8:
+                parsed = []
+                for text in frame[name].to_list():
+                    try:
+                        parsed.append(_parse_vector(text))
+                    except (ValueError, TypeError):
+                        parsed.append("__bad__")
+                ok = [p if p != "__bad__" else None for p in parsed]
+                bad = pl.Series([p == "__bad__" for p in parsed], dtype=pl.Boolean)
+                frame = frame.with_columns(pl.Series(f"__{name}", ok, dtype=pl.List(pl.Float64)), bad.alias(f"__{name}_bad"))
+                typed[name] = pl.col(f"__{name}").cast(dtype)
+                errors[name] = pl.when(pl.col(f"__{name}_bad")).then(
+                    pl.lit(f"{name} is not a JSON list of numbers; write it like [0.1, 0.2]"))
+            else:
+                cast = col.cast(dtype, strict=False)
+                typed[name] = cast
+                errors[name] = pl.when(col.is_not_null() & cast.is_null()).then(
+                    pl.lit(f"{name} has type {src}, expected a list of floats"))
+            continue
+        source_expr = col.str.strip_chars() if src == pl.Utf8 and dtype != pl.Utf8 else col
+        cast = source_expr.cast(dtype, strict=False)
+        if dtype == pl.Utf8:
+            typed[name] = cast
+            continue
+        typed[name] = cast
+        kind = "an integer" if dtype.is_integer() else "a number" if dtype.is_numeric() else str(dtype)
+        errors[name] = (
+            pl.when(col.is_not_null() & cast.is_null())
+            .then(pl.format(f"{name} {{}} is not {kind}", col.cast(pl.Utf8).str.slice(0, 40)))
+        )
+    out = frame.select(
+        pl.col("_line"),
+        *[c for c in frame.columns if c != "_line" and c not in schema and not c.startswith("__")],
+        *[typed[n].alias(n) for n in schema],
+        *[e.alias(f"__err_{n}") for n, e in errors.items()],
+    )
+    return out, {n: pl.col(f"__err_{n}") for n in errors}
+
+
+def _required_and_type_checks(
+    required: tuple[str, ...], type_errors: dict[str, pl.Expr], what: str
+) -> list[tuple[str, pl.Expr]]:
+    checks = []
+    for f in required:
+        # A required field that failed its cast is reported as a type error, not as "missing".
+        not_type_error = type_errors[f].is_null() if f in type_errors else pl.lit(True)
+        checks.append((f, pl.when(pl.col(f).is_null() & not_type_error).then(pl.lit(f"{f} is missing; {what}"))))
+    checks.extend(type_errors.items())
+    return checks
+
+
+def _raw_json(frame: pl.DataFrame) -> pl.Series:
+    cols = [c for c in frame.columns if c != "_line" and not c.startswith("__")]
+    if not cols:
+        return pl.Series("raw", ["{}"] * frame.height, dtype=pl.Utf8)
+    return frame.select(pl.struct(cols).struct.json_encode().alias("raw")).to_series()
+
+
+def _split(typed: pl.DataFrame, checks: list[tuple[str, pl.Expr]], source: str, raw: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Apply (field, error-expr) checks; the first failing field names the row, all reasons are kept."""
+    typed = typed.with_columns(raw.alias("__raw"))
+    reason = pl.concat_str([e for _, e in checks], separator="; ", ignore_nulls=True)
+    field = pl.coalesce([pl.when(e.is_not_null()).then(pl.lit(f)) for f, e in checks])
+    typed = typed.with_columns(reason.alias("__reason"), field.alias("__field"))
+    bad_mask = pl.col("__field").is_not_null()
+    rejected = typed.filter(bad_mask).select(
+        pl.lit(source).alias("source"), pl.col("_line").alias("line"), pl.col("__field").alias("field"),
+        pl.col("__reason").alias("reason"), pl.col("__raw").alias("raw"),
+    ).cast(REJECTED_COLUMNS)
+    clean = typed.filter(~bad_mask)
+    return clean, rejected
+
+
+def validate_ads(
+    rows: pl.DataFrame,
+    source: str,
+    max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
+) -> ValidationResult:
+    """Validate ad rows (with `_line`). Checks: required fields, types, empty title, text length,
+    negative price, image-vector length, duplicate ad_id (the first occurrence is kept)."""
+    if "_line" not in rows.columns:
+        rows = rows.with_row_index("_line", offset=1).with_columns(pl.col("_line").cast(pl.Int64))
+    raw = _raw_json(rows)
+    typed, type_errors = _coerce(rows, AD_COLUMNS)
+    checks = _required_and_type_checks(AD_REQUIRED, type_errors, "every ad needs an integer ad_id and a non-empty title")
+    checks.append(("title", pl.when(pl.col("title").is_not_null() & (pl.col("title").str.strip_chars() == "")).then(
+        pl.lit("title is empty (only whitespace); give every ad a non-empty title"))))
+    for f in TEXT_FIELDS:
+        n_chars = pl.col(f).str.len_chars()
+        checks.append((f, pl.when(n_chars > max_text_chars).then(
+            pl.format(f"{f} has {{}} characters (limit {max_text_chars}); shorten it or raise max_text_chars", n_chars))))
+    checks.append(("price", pl.when(pl.col("price").is_nan() | (pl.col("price") < 0)).then(
+        pl.format("price {} is negative or NaN; use a price >= 0 or leave it empty", pl.col("price")))))
+    lengths = typed.select(pl.col("image_features").list.len()).to_series().drop_nulls()
+    if lengths.len():
+        expected = int(lengths.mode().sort()[-1])
+        checks.append(("image_features", pl.when(pl.col("image_features").list.len() != expected).then(
+            pl.format(f"image_features has {{}} values, expected {expected} (the length of most ads)",
+                      pl.col("image_features").list.len()))))
+    clean, rejected = _split(typed, checks, source, raw)
+
+    # Duplicate ids among otherwise-valid rows: keep the first by line.
+    clean = clean.sort("_line").with_columns(pl.col("_line").first().over("ad_id").alias("__first"))
+    dup = clean.filter(pl.col("_line") != pl.col("__first"))
+    rejected = pl.concat([rejected, dup.select(
+        pl.lit(source).alias("source"), pl.col("_line").alias("line"), pl.lit("ad_id").alias("field"),
+        pl.format("duplicate ad_id {} (first at line {}); ad ids must be unique: drop or renumber the repeat",
+                  pl.col("ad_id"), pl.col("__first")).alias("reason"),
+        pl.col("__raw").alias("raw"),
+    ).cast(REJECTED_COLUMNS)])
+    clean = clean.filter(pl.col("_line") == pl.col("__first"))
+    clean = clean.select(list(AD_COLUMNS)).cast(AD_COLUMNS)
+    return ValidationResult(clean=clean, rejected=rejected.sort("line"))
+
+
+
+def validate_interactions(
+    rows: pl.DataFrame,
+    source: str,
+    known_ad_ids: pl.Series,
+    timestamp_order: Literal["reject", "sort"] = "reject",
+) -> ValidationResult:
+    """Validate interaction rows. Checks: required fields, types, negative timestamps, unknown
+    ad ids, exact duplicates, and (with timestamp_order="reject") events that go back in time
+    for their user in file order."""
+    if timestamp_order not in ("reject", "sort"):
+        raise ValueError(f"timestamp_order must be 'reject' or 'sort', got {timestamp_order!r}")
+    if "_line" not in rows.columns:
+        rows = rows.with_row_index("_line", offset=1).with_columns(pl.col("_line").cast(pl.Int64))
+    raw = _raw_json(rows)
+    typed, type_errors = _coerce(rows, INTERACTION_COLUMNS)
+    checks = _required_and_type_checks(
+        INTERACTION_REQUIRED, type_errors, "every interaction needs an integer user_id, ad_id and timestamp")
+    checks.append(("timestamp", pl.when(pl.col("timestamp") < 0).then(
+        pl.format("timestamp {} is negative", pl.col("timestamp")))))
+    known = known_ad_ids.cast(pl.Int64).unique()
+    checks.append(("ad_id", pl.when(pl.col("ad_id").is_not_null() & ~pl.col("ad_id").is_in(known.implode())).then(
+        pl.format("ad_id {} is not in raw_ads (unknown ad, or the ad was rejected: see rejected_ads)", pl.col("ad_id")))))
+    clean, rejected = _split(typed, checks, source, raw)
+    extra = []
+    clean = clean.sort("_line")
+    # Exact duplicates (same user, ad and time): keep the first.
+    first = pl.col("_line").first().over(["user_id", "ad_id", "timestamp"])
+    clean = clean.with_columns(first.alias("__first"))
+    dup = clean.filter(pl.col("_line") != pl.col("__first"))
+    extra.append(dup.select(
+        pl.lit(source).alias("source"), pl.col("_line").alias("line"), pl.lit("*").alias("field"),
+        pl.format("duplicate event (user {}, ad {}, timestamp {}; first at line {})", pl.col("user_id"),
+                  pl.col("ad_id"), pl.col("timestamp"), pl.col("__first")).alias("reason"),
+        pl.col("__raw").alias("raw"),
+    ))
+    clean = clean.filter(pl.col("_line") == pl.col("__first"))
+    if timestamp_order == "reject":
+        prev_max = pl.col("timestamp").cum_max().shift(1).over("user_id", order_by="_line")
+        clean = clean.with_columns(prev_max.alias("__prev"))
+        back = clean.filter(pl.col("__prev").is_not_null() & (pl.col("timestamp") < pl.col("__prev")))
+        extra.append(back.select(
+            pl.lit(source).alias("source"), pl.col("_line").alias("line"), pl.lit("timestamp").alias("field"),
+            pl.format("timestamp {} is earlier than a previous event ({}) of user {}; sort events by time per user, "
+                      "or set timestamp_order='sort'", pl.col("timestamp"), pl.col("__prev"), pl.col("user_id")).alias("reason"),
+            pl.col("__raw").alias("raw"),
+        ))
+        # A rejected row is below the running max, so it never raises it: later rows are judged
+        # against accepted rows only.
+        clean = clean.filter(~(pl.col("__prev").is_not_null() & (pl.col("timestamp") < pl.col("__prev"))))
+    rejected = pl.concat([rejected, *[e.cast(REJECTED_COLUMNS) for e in extra]]).sort("line")
+    clean = clean.sort(["user_id", "timestamp", "_line"]).select(list(INTERACTION_COLUMNS)).cast(INTERACTION_COLUMNS)
+    return ValidationResult(clean=clean, rejected=rejected)
+
+
+def concat_rejected(*frames: pl.DataFrame) -> pl.DataFrame:
+    frames = tuple(f for f in frames if f is not None and f.height)
+    return pl.concat([f.cast(REJECTED_COLUMNS) for f in frames]) if frames else empty_rejected()

@@ -1,0 +1,56 @@
+"""Explicit seeds and devices: every random stage calls these, models never pick a device."""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch (CPU and CUDA) together; return a CPU generator seeded the same.
+
+    Also turns on deterministic algorithms where torch offers them on the CPU, so that
+    the same seed gives the same SIDs on the CPU.
+    """
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return gen
+
+
+def resolve_device(device: str) -> torch.device:
+    """Turn a config string into a torch.device, failing clearly if it cannot be used.
+
+    Accepted: "cpu", "cuda", "cuda:N", "mps", and "auto" (cuda if available, else cpu).
+    """
+    if not isinstance(device, str) or not device:
+        raise ValueError(f"device must be a string such as 'cpu' or 'cuda:0', got {device!r}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(
+            f"unknown device {device!r}: use 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'"
+        ) from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available on this machine; use device='cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} requested but MPS is not available; use device='cpu'")
+    elif dev.type not in {"cpu", "cuda", "mps"}:
+        raise ValueError(f"unsupported device type {dev.type!r}; use 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'")
+    return dev

@@ -1,0 +1,169 @@
+"""MLflow tracking: the one core module that imports mlflow.
+
+`open_run` starts one MLflow run (for one asset materialization), tags it, logs params, and ends
+it FINISHED or FAILED. `TrackedRun` wraps the run with the logging calls the assets use, so asset
+code never touches mlflow directly.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+MAX_PARAM_CHARS = 6000
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        out[prefix] = text[:MAX_PARAM_CHARS]
+
+
+def flatten_params(params: Mapping[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    _flatten("", params, out)
+    return out
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Fail before any work when the tracking server cannot be reached (http/https URIs)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5):
+            return
+    except (urllib.error.URLError, OSError) as exc:
+        raise ConnectionError(
+            f"MLflow tracking server {uri} is unreachable ({exc}). Start it, fix MLFLOW_TRACKING_URI, "
+            "or unset it to track locally under the project home."
+        ) from exc
+
+
+def ensure_experiment(uri: str, name: str, artifact_root: Path | None) -> str:
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = artifact_root.resolve().as_uri() if artifact_root is not None else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:  # created concurrently
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+@dataclass
+class TrackedRun:
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+
+    @property
+    def client(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=self.tracking_uri)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        flat = flatten_params(params)
+        items = list(flat.items())
+        for i in range(0, len(items), 100):
+            mlflow.log_params(dict(items[i:i + 100]), run_id=self.run_id)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        clean = {k.replace("@", "_at_"): float(v) for k, v in metrics.items() if v is not None}
+        if clean:
+            mlflow.log_metrics(clean, step=step, run_id=self.run_id)
+
+    def log_dict(self, data: Any, artifact_file: str) -> None:
+        mlflow.log_dict(data, artifact_file, run_id=self.run_id)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        mlflow.log_text(text, artifact_file, run_id=self.run_id)
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        mlflow.log_artifact(str(path), artifact_path=artifact_path, run_id=self.run_id)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        mlflow.log_figure(figure, artifact_file, run_id=self.run_id)
+
+    def log_table(self, frame: Any, artifact_file: str) -> None:
+        """Log a polars frame as a Parquet artifact (and a small JSON preview for the UI)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(artifact_file).name
+            frame.write_parquet(path)
+            parent = str(Path(artifact_file).parent)
+            self.log_artifact(path, None if parent == "." else parent)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def log_torch_model(self, model: Any, name: str, registered_model_name: str | None = None,
+                        tags: Mapping[str, str] | None = None) -> str | None:
+        """Log a torch model (pickle format, keeps custom methods such as `encode`); register it.
+
+        Returns the registry version (as a string) or None when not registered.
+        """
+        import mlflow.pytorch
+
+        # log_model logs into the active run: re-activate ours for the call.
+        with mlflow.start_run(run_id=self.run_id):
+            info = mlflow.pytorch.log_model(
+                model,
+                name=name,
+                serialization_format="pickle",
+                pip_requirements=["torch", "numpy", "polars", "transformers"],
+                code_paths=[str(Path(__file__).resolve().parent)],
+            )
+        if not registered_model_name:
+            return None
+        mv = mlflow.register_model(info.model_uri, registered_model_name, tags=dict(tags or {}))
+        return str(mv.version)
+
+    def url(self, ui_base: str = "http://127.0.0.1:5000") -> str:
+        return f"{ui_base}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+
+
+@contextlib.contextmanager
+def open_run(
+    tracking_uri: str,
+    experiment: str,
+    run_name: str,
+    tags: Mapping[str, str],
+    params: Mapping[str, Any] | None = None,
+    artifact_root: Path | None = None,
+) -> Iterator[TrackedRun]:
+    """One MLflow run: created, tagged, params logged; FINISHED on success, FAILED on error."""
+    check_tracking_uri(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    exp_id = ensure_experiment(tracking_uri, experiment, artifact_root)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run = client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
+    tracked = TrackedRun(run_id=run.info.run_id, experiment_id=exp_id, tracking_uri=tracking_uri)
+    try:
+        if params:
+            tracked.log_params(params)
+        yield tracked
+    except BaseException:
+        client.set_terminated(run.info.run_id, status="FAILED")
+        raise
+    else:
+        client.set_terminated(run.info.run_id, status="FINISHED")
