@@ -4,8 +4,11 @@ A test checks that every mirror has exactly the fields (and defaults) of its cor
 """
 
 import dataclasses
+import types
+import typing
 from typing import Any, Literal, TypeVar
 
+import pydantic
 from dagster import Config
 from pydantic import Field
 
@@ -67,3 +70,58 @@ def to_core(cfg: Config, core_cls: type[T]) -> T:
             v = tuple(v)
         values[f.name] = v
     return core_cls(**values)
+
+
+_MIRRORS: dict[type, type] = {}
+
+
+def _mirror_type(tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return mirror(tp)
+    if origin is tuple:
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        return list[_mirror_type(args[0]) if args else Any]
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return typing.Optional[_mirror_type(args[0])]
+    return tp
+
+
+def mirror(core_cls: type, descriptions: dict[str, str] | None = None) -> type[Config]:
+    """A Dagster `Config` class with exactly the fields and defaults of the frozen dataclass `core_cls`.
+
+    Tuples become lists (Dagster config has no tuples); nested dataclasses become nested Configs.
+    The description of each field defaults to a pointer at the core class's docstring.
+    """
+    if core_cls in _MIRRORS:
+        return _MIRRORS[core_cls]
+    hints = typing.get_type_hints(core_cls)
+    descriptions = descriptions or {}
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(core_cls):
+        tp = _mirror_type(hints[f.name])
+        desc = descriptions.get(f.name, f"{core_cls.__name__}.{f.name} (see unisid_pipeline docs)")
+        if f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = f.default
+        if dataclasses.is_dataclass(default):
+            sub = mirror(type(default))
+            fields[f.name] = (tp, Field(default_factory=lambda sub=sub, d=default: sub(**_plain(d)), description=desc))
+        else:
+            if isinstance(default, tuple):
+                default = list(default)
+            fields[f.name] = (tp, Field(default, description=desc))
+    model = pydantic.create_model(core_cls.__name__ + "Config", __base__=Config, __doc__=core_cls.__doc__, **fields)
+    _MIRRORS[core_cls] = model
+    return model
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out

@@ -2,10 +2,14 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Tiny test models: one thread avoids oversubscription overhead (small ops were ~1000x slower
+# with 2 threads on a loaded 2-core machine) and keeps CPU results deterministic.
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parent.parent
 BEAUTY_DIR = REPO.parent / "shared" / "data" / "amazon-beauty-2014"

@@ -167,3 +167,38 @@ def open_run(
         raise
     else:
         client.set_terminated(run.info.run_id, status="FINISHED")
+
+
+def register_if_changed(run: TrackedRun, model: Any, name: str, registered_model_name: str, fingerprint: str,
+                        tags: Mapping[str, str] | None = None) -> tuple[str, bool]:
+    """Log + register `model` unless a version with the same weights fingerprint exists.
+
+    Returns (version, created). Re-materializing with the same config and data therefore adds no
+    registry version; a changed model always gets a new one.
+    """
+    client = run.client
+    try:
+        existing = client.search_model_versions(f"name = '{registered_model_name}'")
+    except mlflow.exceptions.MlflowException:
+        existing = []
+    for mv in existing:
+        if mv.tags.get("weights_fingerprint") == fingerprint:
+            run.set_tags({"registered_model": registered_model_name, "registered_version": mv.version,
+                          "registry_reused": "true"})
+            return str(mv.version), False
+    version = run.log_torch_model(model, name, registered_model_name=registered_model_name,
+                                  tags={"weights_fingerprint": fingerprint, **dict(tags or {})})
+    run.set_tags({"registered_model": registered_model_name, "registered_version": version})
+    return str(version), True
+
+
+def set_alias(tracking_uri: str, registered_model_name: str, alias: str, version: str) -> None:
+    MlflowClient(tracking_uri=tracking_uri).set_registered_model_alias(registered_model_name, alias, version)
+
+
+def load_registered_model(tracking_uri: str, model_uri: str) -> Any:
+    """Load a registered torch model, e.g. `models:/rq_kmeans_tokenizer/1` or `models:/unisid_tokenizer@champion`."""
+    import mlflow.pytorch
+
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.pytorch.load_model(model_uri, map_location="cpu")

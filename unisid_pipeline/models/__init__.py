@@ -1,0 +1,1 @@
+"""Tokenizer models: residual quantizers (RQ-KMeans, RQ-VAE) and their building blocks."""

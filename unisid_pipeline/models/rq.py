@@ -1,0 +1,630 @@
+"""Residual-quantization tokenizers: RQ-KMeans (OneRec) and RQ-VAE (TIGER), one residual skeleton.
+
+`ResidualQuantizer` stacks `CodebookLevel`s: level l quantizes the residual left by levels < l,
+and an item's code is the tuple of the L chosen indices; decoding sums the chosen codewords.
+The two tokenizers are two settings of it:
+
+- RQ-KMeans: codebooks are buffers fitted level by level with k-means on the residuals of the
+  raw embeddings (`fit_rq_kmeans`); encoder and decoder are the identity.
+- RQ-VAE: an MLP encoder maps the embedding to a small latent, the quantizer's codebooks are
+  parameters trained with the straight-through estimator, and an MLP decoder reconstructs the
+  embedding (`train_rq_vae`).
+
+Both tokenizers expose `encode`, `last_level_distances` (the collision-resolution cost used by
+`unisid_pipeline.sid`), `decode_embedding`, `to_checkpoint` / `from_checkpoint`, and pickle cleanly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from unisid_pipeline.models.codebook import (
+    DEFAULT_BATCH_SIZE,
+    INITS,
+    CodebookLevel,
+    balanced_assign,
+    cluster_capacity,
+    squared_distances,
+    usage_and_perplexity,
+)
+from unisid_pipeline.seeding import resolve_device, seed_everything
+
+logger = logging.getLogger(__name__)
+
+Callback = Callable[[dict[str, Any]], None]
+
+
+# --------------------------------------------------------------------------- gradient trick
+
+
+def straight_through(x: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
+    """Straight-through estimator: the value of `quantized` (n, d), the gradient of `x` (n, d)."""
+    return x + (quantized - x).detach()
+
+
+# --------------------------------------------------------------------------- residual skeleton
+
+
+class ResidualOutput(NamedTuple):
+    codes: torch.Tensor  # (n, L) int64
+    quantized: torch.Tensor  # (n, d) sum of the chosen codewords, straight-through w.r.t. the input
+    residuals: torch.Tensor  # (L, n, d) input of each level
+    codebook_loss: torch.Tensor  # scalar: sum over levels of mean_i ||sg(r_l,i) - e_l,i||^2
+    commitment_loss: torch.Tensor  # scalar: sum over levels of mean_i ||r_l,i - sg(e_l,i)||^2
+
+
+class ResidualQuantizer(nn.Module):
+    """L codebook levels of K codewords of dimension d, applied to successive residuals."""
+
+    def __init__(self, n_levels: int, codebook_size: int, dim: int, learnable: bool = False):
+        super().__init__()
+        self.n_levels = n_levels
+        self.codebook_size = codebook_size
+        self.dim = dim
+        self.levels = nn.ModuleList(CodebookLevel(codebook_size, dim, learnable) for _ in range(n_levels))
+
+    def forward(self, x: torch.Tensor) -> ResidualOutput:
+        """Training pass on a batch x (n, d): codes, straight-through quantization and VQ losses.
+
+        The residual passed on to level l+1 is r_l - sg(e_l), so each level's codebook loss only
+        moves its own codewords.
+        """
+        residual = x
+        codes, residuals = [], []
+        quantized = torch.zeros_like(x)
+        codebook_loss = x.new_zeros(())
+        commitment_loss = x.new_zeros(())
+        for level in self.levels:
+            out = level.quantize(residual)
+            residuals.append(residual)
+            codes.append(out.codes)
+            codebook_loss = codebook_loss + ((residual.detach() - out.quantized) ** 2).sum(1).mean()
+            commitment_loss = commitment_loss + ((residual - out.quantized.detach()) ** 2).sum(1).mean()
+            quantized = quantized + out.quantized
+            residual = residual - out.quantized.detach()
+        return ResidualOutput(
+            torch.stack(codes, 1), straight_through(x, quantized), torch.stack(residuals), codebook_loss, commitment_loss
+        )
+
+    @torch.no_grad()
+    def encode(
+        self, x: torch.Tensor, batch_size: int = DEFAULT_BATCH_SIZE, capacity_factor: float | None = None
+    ) -> torch.Tensor:
+        """x (n, d) -> codes (n, L) int64, nearest codeword at each level.
+
+        capacity_factor: None for nearest assignment; else each level uses `balanced_assign` over
+        all n rows together with capacity ceil(factor * n / K) (so the result depends on which
+        rows are encoded together; encode the whole catalogue in one call).
+        """
+        residual = x
+        codes = []
+        for level in self.levels:
+            if capacity_factor is None:
+                c = level.assign(residual, batch_size)
+            else:
+                capacity = cluster_capacity(x.shape[0], self.codebook_size, capacity_factor)
+                c = balanced_assign(residual, level.codewords, capacity, batch_size)[0]
+            codes.append(c)
+            residual = residual - level.lookup(c)
+        return torch.stack(codes, 1) if codes else torch.empty(x.shape[0], 0, dtype=torch.long, device=x.device)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (n, L') with L' <= L -> (n, d), the sum of the chosen codewords of the first L' levels."""
+        if codes.shape[1] > self.n_levels:
+            raise ValueError(f"codes have {codes.shape[1]} levels, the quantizer only {self.n_levels}")
+        out = torch.zeros(codes.shape[0], self.dim, dtype=self.levels[0].codewords.dtype, device=codes.device)
+        for l in range(codes.shape[1]):
+            out += self.levels[l].lookup(codes[:, l])
+        return out
+
+    @torch.no_grad()
+    def last_level_distances(
+        self, x: torch.Tensor, codes: torch.Tensor | None = None, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> torch.Tensor:
+        """x (n, d) -> (n, K) squared distances of the last-level residual to every last-level
+        codeword. The residual is x minus the codewords of `codes[:, :L-1]` (default: `encode(x)`)."""
+        if codes is None:
+            codes = self.encode(x, batch_size)
+        residual = x - self.decode(codes[:, : self.n_levels - 1])
+        last = self.levels[-1].codewords.detach()
+        return torch.cat(
+            [squared_distances(residual[s : s + batch_size], last) for s in range(0, x.shape[0], batch_size)]
+        )
+
+    @torch.no_grad()
+    def fit_kmeans(
+        self,
+        x: torch.Tensor,
+        n_iter: int,
+        generator: torch.Generator,
+        init: str = "kmeans++",
+        max_cluster_size_factor: float | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        tol: float = 0.0,
+        init_sample_size: int = 0,
+        on_level: Callback | None = None,
+    ) -> list[dict[str, Any]]:
+        """Residual k-means: fit level l by k-means on the residuals of levels < l. x: (n, d).
+
+        Returns one row of statistics per level (also passed to `on_level`): level, n_iter,
+        inertia (mean squared distance to the assigned codeword), relative_residual_norm
+        (sum ||r_{l+1}||^2 / sum ||x||^2), usage, perplexity, seconds, inertia_curve.
+        """
+        capacity = None
+        if max_cluster_size_factor is not None:
+            capacity = cluster_capacity(x.shape[0], self.codebook_size, max_cluster_size_factor)
+        total = float((x * x).sum()) or 1.0
+        residual = x
+        rows = []
+        for l, level in enumerate(self.levels):
+            t0 = time.perf_counter()
+            result = level.init_kmeans(
+                residual, n_iter, generator, init=init, capacity=capacity, batch_size=batch_size,
+                tol=tol, init_sample_size=init_sample_size,
+            )
+            residual = residual - level.lookup(result.codes)
+            usage, perplexity = usage_and_perplexity(torch.bincount(result.codes, minlength=self.codebook_size))
+            row = {
+                "level": l,
+                "n_iter": result.n_iter,
+                "inertia": float(result.sq_distances.mean()),
+                "relative_residual_norm": float((residual * residual).sum()) / total,
+                "usage": usage,
+                "perplexity": perplexity,
+                "seconds": time.perf_counter() - t0,
+                "inertia_curve": result.inertia_curve,
+            }
+            logger.info(
+                "k-means level %d: %d iters, inertia %.5f, usage %.3f, perplexity %.1f, %.1fs",
+                l, row["n_iter"], row["inertia"], usage, perplexity, row["seconds"],
+            )
+            if on_level is not None:
+                on_level(row)
+            rows.append(row)
+        return rows
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def _check_common(n_levels: int, codebook_size: int, batch_size: int) -> None:
+    if not isinstance(n_levels, int) or n_levels < 1:
+        raise ValueError(f"n_levels must be an int >= 1, got {n_levels!r}")
+    if not isinstance(codebook_size, int) or codebook_size < 2:
+        raise ValueError(f"codebook_size must be an int >= 2, got {codebook_size!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+
+
+@dataclass(frozen=True)
+class RQKMeansConfig:
+    """Residual k-means (OneRec's RQ-KMeans) on the raw item embeddings.
+
+    init: "kmeans++" (default) or "random", run on `init_sample_size` random rows (0: all rows;
+    k-means++ makes K passes over its input, so a sample keeps 1M rows affordable).
+    balanced: cap every cluster at ceil(max_cluster_size_factor * n / K) rows, with a stable
+    capacity-constrained assignment (deferred acceptance, see `codebook.balanced_assign`) in every
+    Lloyd step and in `encode`. tol: stop a level's Lloyd iterations when at most this share of
+    rows changed code. batch_size: rows per distance block.
+    """
+
+    n_levels: int = 3
+    codebook_size: int = 256
+    n_iter: int = 50
+    init: str = "kmeans++"
+    init_sample_size: int = 65536
+    balanced: bool = False
+    max_cluster_size_factor: float = 1.0
+    tol: float = 0.0
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+    def __post_init__(self) -> None:
+        _check_common(self.n_levels, self.codebook_size, self.batch_size)
+        if not isinstance(self.n_iter, int) or self.n_iter < 1:
+            raise ValueError(f"n_iter must be an int >= 1, got {self.n_iter!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if not isinstance(self.init_sample_size, int) or self.init_sample_size < 0:
+            raise ValueError(f"init_sample_size must be an int >= 0 (0 = all rows), got {self.init_sample_size!r}")
+        if not self.max_cluster_size_factor >= 1.0:
+            raise ValueError(
+                f"max_cluster_size_factor must be >= 1.0 (clusters must hold all rows), got {self.max_cluster_size_factor!r}"
+            )
+        if not 0.0 <= self.tol < 1.0:
+            raise ValueError(f"tol must be in [0, 1), got {self.tol!r}")
+
+
+@dataclass(frozen=True)
+class RQVAEConfig:
+    """TIGER's RQ-VAE: MLP encoder -> latent -> residual quantizer -> MLP decoder.
+
+    Defaults follow TIGER (3 levels x 256 codes, latent 32, encoder 512-256-128 with ReLU, beta
+    0.25, k-means init). Optimizer: AdamW with lr 1e-3 by default, which converges in tens of
+    epochs; TIGER's own setting (Adagrad, lr 0.4, batch 1024, ~20k epochs) is
+    `optimizer="adagrad", lr=0.4`.
+
+    Loss per batch = recon + codebook + beta * commitment, each a mean over items of a squared
+    norm summed over dimensions. kmeans_init: fit the codebooks by residual k-means
+    (`kmeans_init_iters` Lloyd steps) on the latents of `kmeans_init_size` random items under the
+    initial encoder; otherwise codewords start uniform in [-1/K, 1/K]. Dead codes: after every
+    epoch but the last, codewords used <= dead_code_threshold times during that epoch are moved
+    onto random current residuals of their level (if reinit_dead_codes).
+    """
+
+    n_levels: int = 3
+    codebook_size: int = 256
+    latent_dim: int = 32
+    hidden_dims: tuple[int, ...] = (512, 256, 128)
+    beta: float = 0.25
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    epochs: int = 50
+    batch_size: int = 1024
+    kmeans_init: bool = True
+    kmeans_init_size: int = 16384
+    kmeans_init_iters: int = 20
+    reinit_dead_codes: bool = True
+    dead_code_threshold: int = 0
+
+    def __post_init__(self) -> None:
+        _check_common(self.n_levels, self.codebook_size, self.batch_size)
+        object.__setattr__(self, "hidden_dims", tuple(self.hidden_dims))
+        if not isinstance(self.latent_dim, int) or self.latent_dim < 1:
+            raise ValueError(f"latent_dim must be an int >= 1, got {self.latent_dim!r}")
+        if any(not isinstance(h, int) or h < 1 for h in self.hidden_dims):
+            raise ValueError(f"hidden_dims must be positive ints, got {self.hidden_dims!r}")
+        if not self.beta >= 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta!r}")
+        if self.optimizer not in ("adamw", "adagrad"):
+            raise ValueError(f"optimizer must be 'adamw' or 'adagrad', got {self.optimizer!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"epochs must be an int >= 1, got {self.epochs!r}")
+        if not isinstance(self.kmeans_init_size, int) or self.kmeans_init_size < self.codebook_size:
+            raise ValueError(
+                f"kmeans_init_size must be an int >= codebook_size ({self.codebook_size}), got {self.kmeans_init_size!r}"
+            )
+        if not isinstance(self.kmeans_init_iters, int) or self.kmeans_init_iters < 1:
+            raise ValueError(f"kmeans_init_iters must be an int >= 1, got {self.kmeans_init_iters!r}")
+        if not isinstance(self.dead_code_threshold, int) or self.dead_code_threshold < 0:
+            raise ValueError(f"dead_code_threshold must be an int >= 0, got {self.dead_code_threshold!r}")
+
+
+# --------------------------------------------------------------------------- tokenizers
+
+
+def _as_matrix(embeddings: np.ndarray | torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """np.ndarray / Tensor (n, d) -> float32 CPU-or-same-device Tensor, checked."""
+    x = embeddings if isinstance(embeddings, torch.Tensor) else torch.from_numpy(np.asarray(embeddings))
+    if x.ndim != 2:
+        raise ValueError(f"embeddings must be a 2-D array (n_items, d), got shape {tuple(x.shape)}")
+    if dim is not None and x.shape[1] != dim:
+        raise ValueError(f"embeddings have {x.shape[1]} columns, the tokenizer was fitted on {dim}")
+    x = x.detach().to(torch.float32)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("embeddings contain NaN or inf values; clean them before tokenizing")
+    return x
+
+
+def _as_codes(codes: np.ndarray | torch.Tensor) -> torch.Tensor:
+    c = codes if isinstance(codes, torch.Tensor) else torch.from_numpy(np.asarray(codes))
+    if c.ndim != 2:
+        raise ValueError(f"codes must be a 2-D array (n_items, L), got shape {tuple(c.shape)}")
+    return c.to(torch.long)
+
+
+class _RQTokenizer(nn.Module):
+    """Shared interface: latent = `_to_latent(x)`, codes = quantizer.encode(latent),
+    embedding = `_from_latent(quantizer.decode(codes))`. Subclasses set `kind` and `config_cls`."""
+
+    kind: str = ""
+    config_cls: type = object
+
+    def __init__(self, config: Any, input_dim: int, latent_dim: int, learnable: bool):
+        super().__init__()
+        if not isinstance(input_dim, int) or input_dim < 1:
+            raise ValueError(f"input_dim must be an int >= 1, got {input_dim!r}")
+        self.config = config
+        self.input_dim = input_dim
+        self.rq = ResidualQuantizer(config.n_levels, config.codebook_size, latent_dim, learnable)
+
+    @property
+    def device(self) -> torch.device:
+        return self.rq.levels[0].codewords.device
+
+    def _to_latent(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def _from_latent(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+    @torch.no_grad()
+    def _latent(self, embeddings: np.ndarray | torch.Tensor) -> torch.Tensor:
+        x = _as_matrix(embeddings, self.input_dim).to(self.device)
+        return torch.cat(
+            [self._to_latent(x[s : s + self.config.batch_size]) for s in range(0, x.shape[0], self.config.batch_size)]
+        ) if x.shape[0] else self._to_latent(x)
+
+    @torch.no_grad()
+    def encode(self, embeddings: np.ndarray | torch.Tensor) -> np.ndarray:
+        """embeddings (n, d) float -> codes (n, L) int64 in [0, K)."""
+        was_training = self.training
+        self.eval()
+        try:
+            z = self._latent(embeddings)
+            return self.rq.encode(z, **self._encode_kwargs(z.shape[0])).cpu().numpy().astype(np.int64)
+        finally:
+            self.train(was_training)
+
+    def _encode_kwargs(self, n: int) -> dict[str, Any]:
+        return {"batch_size": self.config.batch_size}
+
+    @torch.no_grad()
+    def last_level_distances(self, embeddings: np.ndarray | torch.Tensor) -> np.ndarray:
+        """embeddings (n, d) -> (n, K) float32 squared distances of each item's last-level residual
+        (given its encoded first L-1 codes) to every last-level codeword; lower is better. Argmin
+        per row equals the last code of `encode` (for unbalanced encoding)."""
+        was_training = self.training
+        self.eval()
+        try:
+            z = self._latent(embeddings)
+            codes = self.rq.encode(z, **self._encode_kwargs(z.shape[0]))
+            return self.rq.last_level_distances(z, codes, self.config.batch_size).cpu().numpy().astype(np.float32)
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def decode_embedding(self, codes: np.ndarray | torch.Tensor) -> np.ndarray:
+        """codes (n, L) -> reconstructed embeddings (n, d) float32."""
+        was_training = self.training
+        self.eval()
+        try:
+            c = _as_codes(codes).to(self.device)
+            if c.shape[1] != self.rq.n_levels:
+                raise ValueError(f"codes must have {self.rq.n_levels} levels, got {c.shape[1]}")
+            if c.numel() and (int(c.min()) < 0 or int(c.max()) >= self.rq.codebook_size):
+                raise ValueError(f"codes must lie in [0, {self.rq.codebook_size})")
+            return self._from_latent(self.rq.decode(c)).cpu().numpy().astype(np.float32)
+        finally:
+            self.train(was_training)
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        """Config + weights, enough to rebuild with `from_checkpoint` (tensors moved to the CPU)."""
+        return {
+            "kind": self.kind,
+            "config": dataclasses.asdict(self.config),
+            "input_dim": self.input_dim,
+            "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()},
+        }
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict[str, Any]) -> "_RQTokenizer":
+        """Rebuild on the CPU from `to_checkpoint()` output; move with `.to(device)`."""
+        if checkpoint.get("kind") != cls.kind:
+            raise ValueError(f"checkpoint kind is {checkpoint.get('kind')!r}, expected {cls.kind!r}")
+        model = cls(cls.config_cls(**checkpoint["config"]), int(checkpoint["input_dim"]))
+        model.load_state_dict(checkpoint["state_dict"])
+        return model
+
+
+class RQKMeansTokenizer(_RQTokenizer):
+    """Fitted residual k-means: codebooks are buffers over the raw embedding space."""
+
+    kind = "rq_kmeans"
+    config_cls = RQKMeansConfig
+
+    def __init__(self, config: RQKMeansConfig, input_dim: int):
+        super().__init__(config, input_dim, latent_dim=input_dim, learnable=False)
+
+    def _encode_kwargs(self, n: int) -> dict[str, Any]:
+        factor = self.config.max_cluster_size_factor if self.config.balanced else None
+        return {"batch_size": self.config.batch_size, "capacity_factor": factor}
+
+
+def _mlp(dims: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(len(dims) - 1):
+        layers.append(nn.Linear(dims[i], dims[i + 1]))
+        if i < len(dims) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class RQVAEOutput(NamedTuple):
+    loss: torch.Tensor
+    recon_loss: torch.Tensor
+    codebook_loss: torch.Tensor
+    commitment_loss: torch.Tensor
+    codes: torch.Tensor  # (n, L)
+    residuals: torch.Tensor  # (L, n, latent_dim)
+    reconstruction: torch.Tensor  # (n, d)
+
+
+class RQVAETokenizer(_RQTokenizer):
+    """TIGER's RQ-VAE: encoder MLP -> residual quantizer (learnable codebooks) -> decoder MLP."""
+
+    kind = "rq_vae"
+    config_cls = RQVAEConfig
+
+    def __init__(self, config: RQVAEConfig, input_dim: int):
+        super().__init__(config, input_dim, latent_dim=config.latent_dim, learnable=True)
+        self.encoder = _mlp([input_dim, *config.hidden_dims, config.latent_dim])
+        self.decoder = _mlp([config.latent_dim, *reversed(config.hidden_dims), input_dim])
+
+    def _to_latent(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def _from_latent(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor) -> RQVAEOutput:
+        """Training pass on x (n, d): loss = recon + codebook + beta * commitment."""
+        q = self.rq(self.encoder(x))
+        x_hat = self.decoder(q.quantized)
+        recon = ((x_hat - x) ** 2).sum(1).mean()
+        loss = recon + q.codebook_loss + self.config.beta * q.commitment_loss
+        return RQVAEOutput(loss, recon, q.codebook_loss, q.commitment_loss, q.codes, q.residuals, x_hat)
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def fit_rq_kmeans(
+    config: RQKMeansConfig,
+    embeddings: np.ndarray | torch.Tensor,
+    seed: int,
+    device: str,
+    on_level: Callback | None = None,
+) -> tuple[RQKMeansTokenizer, dict[str, list]]:
+    """Fit residual k-means on embeddings (n, d) float32 (n >= codebook_size).
+
+    Returns the tokenizer (on `device`) and a history: a dict of per-level lists with the keys of
+    the rows passed to `on_level` (level, n_iter, inertia, relative_residual_norm, usage,
+    perplexity, seconds, inertia_curve).
+    """
+    generator = seed_everything(seed)
+    dev = resolve_device(device)
+    x = _as_matrix(embeddings)
+    if x.shape[0] < config.codebook_size:
+        raise ValueError(f"need at least codebook_size={config.codebook_size} items, got {x.shape[0]}: lower codebook_size")
+    tokenizer = RQKMeansTokenizer(config, x.shape[1]).to(dev)
+    rows = tokenizer.rq.fit_kmeans(
+        x.to(dev), config.n_iter, generator, init=config.init,
+        max_cluster_size_factor=config.max_cluster_size_factor if config.balanced else None,
+        batch_size=config.batch_size, tol=config.tol, init_sample_size=config.init_sample_size, on_level=on_level,
+    )
+    return tokenizer, _rows_to_history(rows)
+
+
+def _rows_to_history(rows: list[dict[str, Any]]) -> dict[str, list]:
+    history: dict[str, list] = {}
+    for row in rows:
+        for key, value in row.items():
+            history.setdefault(key, []).append(value)
+    return history
+
+
+def _build_optimizer(config: RQVAEConfig, params: Any) -> torch.optim.Optimizer:
+    if config.optimizer == "adagrad":
+        return torch.optim.Adagrad(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _reset_optimizer_rows(optimizer: torch.optim.Optimizer, param: torch.Tensor, rows: torch.Tensor) -> None:
+    """Zero the optimizer's per-element state (moments, accumulators) of `rows` of `param`."""
+    for value in optimizer.state.get(param, {}).values():
+        if isinstance(value, torch.Tensor) and value.shape == param.shape:
+            value[rows] = 0
+
+
+def train_rq_vae(
+    config: RQVAEConfig,
+    embeddings: np.ndarray | torch.Tensor,
+    seed: int,
+    device: str,
+    on_epoch: Callback | None = None,
+) -> tuple[RQVAETokenizer, dict[str, list]]:
+    """Train an RQ-VAE on embeddings (n, d) float32 (n >= codebook_size).
+
+    After every epoch a row of scalars is passed to `on_epoch` and appended to the history (a dict
+    of per-epoch lists): epoch, seconds, loss, recon_loss, codebook_loss, commitment_loss (means
+    over batches), and per level l: usage_level_l (share of codes used during the epoch),
+    perplexity_level_l, dead_codes_reinit_level_l. Returns the tokenizer (on `device`, eval mode).
+    """
+    generator = seed_everything(seed)
+    dev = resolve_device(device)
+    x = _as_matrix(embeddings)
+    n = x.shape[0]
+    if n < config.codebook_size:
+        raise ValueError(f"need at least codebook_size={config.codebook_size} items, got {n}: lower codebook_size")
+    model = RQVAETokenizer(config, x.shape[1])  # built on the CPU: same initial weights on every device
+    K, L = config.codebook_size, config.n_levels
+    if not config.kmeans_init:
+        with torch.no_grad():
+            for level in model.rq.levels:
+                level.set_codewords(torch.rand(K, config.latent_dim, generator=generator) * (2.0 / K) - 1.0 / K)
+    model.to(dev)
+    x = x.to(dev)
+
+    def sample_latents(size: int) -> torch.Tensor:
+        idx = torch.randperm(n, generator=generator)[: min(n, size)].to(dev)
+        return model.encoder(x[idx])
+
+    if config.kmeans_init:
+        with torch.no_grad():
+            model.rq.fit_kmeans(
+                sample_latents(config.kmeans_init_size), config.kmeans_init_iters, generator, init="kmeans++",
+                batch_size=DEFAULT_BATCH_SIZE,
+            )
+    optimizer = _build_optimizer(config, model.parameters())
+    history: dict[str, list] = {}
+    for epoch in range(config.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        counts = torch.zeros(L, K, dtype=torch.long, device=dev)
+        sums = {"loss": 0.0, "recon_loss": 0.0, "codebook_loss": 0.0, "commitment_loss": 0.0}
+        n_batches = 0
+        perm = torch.randperm(n, generator=generator).to(dev)
+        for start in range(0, n, config.batch_size):
+            out = model(x[perm[start : start + config.batch_size]])
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimizer.step()
+            for l in range(L):
+                counts[l] += torch.bincount(out.codes[:, l], minlength=K)
+            for key in sums:
+                sums[key] += float(getattr(out, key).detach())
+            n_batches += 1
+        row: dict[str, Any] = {"epoch": epoch}
+        row.update({key: value / n_batches for key, value in sums.items()})
+        dead_counts = [0] * L
+        if config.reinit_dead_codes and epoch < config.epochs - 1:
+            with torch.no_grad():
+                residuals = model.rq(sample_latents(max(config.batch_size, 4 * K))).residuals
+                for l, level in enumerate(model.rq.levels):
+                    revived = level.reinit_dead(residuals[l], counts[l] <= config.dead_code_threshold, generator)
+                    if revived.numel():
+                        _reset_optimizer_rows(optimizer, level.codewords, revived)
+                    dead_counts[l] = int(revived.numel())
+        for l in range(L):
+            usage, perplexity = usage_and_perplexity(counts[l].cpu())
+            row[f"usage_level_{l}"] = usage
+            row[f"perplexity_level_{l}"] = perplexity
+            row[f"dead_codes_reinit_level_{l}"] = dead_counts[l]
+        row["seconds"] = time.perf_counter() - t0
+        logger.info(
+            "rq-vae epoch %d: loss %.5f recon %.5f usage %s (%.1fs)", epoch, row["loss"], row["recon_loss"],
+            [round(row[f"usage_level_{l}"], 3) for l in range(L)], row["seconds"],
+        )
+        for key, value in row.items():
+            history.setdefault(key, []).append(value)
+        if on_epoch is not None:
+            on_epoch(row)
+    model.eval()
+    return model, history
+
+
+__all__ = [
+    "RQKMeansConfig",
+    "RQKMeansTokenizer",
+    "RQVAEConfig",
+    "RQVAEOutput",
+    "RQVAETokenizer",
+    "ResidualOutput",
+    "ResidualQuantizer",
+    "fit_rq_kmeans",
+    "straight_through",
+    "train_rq_vae",
+]
