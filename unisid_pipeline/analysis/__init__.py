@@ -1,0 +1,38 @@
+"""SID analysis: collision and quality metrics (`sid_metrics`) and their plots (`plots`)."""
+from unisid_pipeline.analysis.sid_metrics import (
+    code_counts,
+    codes_matrix,
+    collision_metrics,
+    compare_methods,
+    entropy_nats,
+    fanout_metrics,
+    gini,
+    group_sizes,
+    homogeneity_completeness_v,
+    knn_cosine,
+    level_usage_metrics,
+    markdown_summary,
+    neighbour_agreement,
+    prefix_ids,
+    sid_report,
+    v_measure_metrics,
+)
+
+__all__ = [
+    "code_counts",
+    "codes_matrix",
+    "collision_metrics",
+    "compare_methods",
+    "entropy_nats",
+    "fanout_metrics",
+    "gini",
+    "group_sizes",
+    "homogeneity_completeness_v",
+    "knn_cosine",
+    "level_usage_metrics",
+    "markdown_summary",
+    "neighbour_agreement",
+    "prefix_ids",
+    "sid_report",
+    "v_measure_metrics",
+]
