@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from dagster import Definitions, define_asset_job, in_process_executor
 
-from assets import ingestion
+from assets import ingestion, labels, text, tokenizers
 from assets.resources import MlflowTracking, ProjectHome, WarehouseIOManager
 
-ALL_ASSETS = [*ingestion.ASSETS]
+ALL_ASSETS = [*ingestion.ASSETS, *text.ASSETS, *labels.ASSETS, *tokenizers.ASSETS]
 ALL_CHECKS = [*ingestion.CHECKS]
 
 
@@ -16,6 +16,10 @@ def build_definitions(home: str = "", tracking_uri: str = "") -> Definitions:
         define_asset_job("full_pipeline", selection="*", description="everything, ingestion to comparison report"),
         define_asset_job("ingestion_job", selection="group:ingestion",
                          description="ingest and validate ads and interactions, build user sequences"),
+        define_asset_job("summaries_job", selection="group:summaries",
+                         description="LLM ad summaries and text embeddings (cached)"),
+        define_asset_job("tokenizers_job", selection="group:tokenizers",
+                         description="train every tokenizer and build the SID tables"),
     ]
     return Definitions(
         assets=ALL_ASSETS,

@@ -25,3 +25,8 @@ def mlflow_uri(home: Path) -> str:
 
 def mlflow_artifacts(home: Path) -> Path:
     return home / "mlartifacts"
+
+
+def cache_db(home: Path) -> Path:
+    """Summary and embedding caches: a DuckDB file of their own, so cache connections never meet the warehouse's."""
+    return home / "cache.duckdb"

@@ -1,8 +1,10 @@
 """Explicit seeds and devices: every random stage calls these, models never pick a device."""
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -54,3 +56,24 @@ def resolve_device(device: str) -> torch.device:
     elif dev.type not in {"cpu", "cuda", "mps"}:
         raise ValueError(f"unsupported device type {dev.type!r}; use 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'")
     return dev
+
+
+@contextlib.contextmanager
+def cpu_determinism(device: torch.device | str, enabled: bool = True) -> Iterator[None]:
+    """Train with one intra-op thread on the CPU so that the same seed gives bit-identical weights.
+
+    With 2+ threads, CPU reductions (MKL GEMM under load, embedding/index backward) change float
+    sums in the 7th digit from run to run; over tens of epochs that flips codes (measured: an
+    RQ-VAE on 1,500 ads gave different SIDs for all 1,500 ads in two same-seed runs with 2
+    threads, identical SIDs with 1). GPUs are left alone. `enabled=False` keeps all threads.
+    """
+    dev = torch.device(device) if isinstance(device, str) else device
+    if not enabled or dev.type != "cpu":
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

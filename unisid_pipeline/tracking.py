@@ -93,16 +93,16 @@ class TrackedRun:
             mlflow.log_metrics(clean, step=step, run_id=self.run_id)
 
     def log_dict(self, data: Any, artifact_file: str) -> None:
-        mlflow.log_dict(data, artifact_file, run_id=self.run_id)
+        self.client.log_dict(self.run_id, data, artifact_file)
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        mlflow.log_text(text, artifact_file, run_id=self.run_id)
+        self.client.log_text(self.run_id, text, artifact_file)
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
-        mlflow.log_artifact(str(path), artifact_path=artifact_path, run_id=self.run_id)
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
-        mlflow.log_figure(figure, artifact_file, run_id=self.run_id)
+        self.client.log_figure(self.run_id, figure, artifact_file)
 
     def log_table(self, frame: Any, artifact_file: str) -> None:
         """Log a polars frame as a Parquet artifact (and a small JSON preview for the UI)."""

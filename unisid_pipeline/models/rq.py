@@ -34,7 +34,7 @@ from unisid_pipeline.models.codebook import (
     squared_distances,
     usage_and_perplexity,
 )
-from unisid_pipeline.seeding import resolve_device, seed_everything
+from unisid_pipeline.seeding import cpu_determinism, resolve_device, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -274,6 +274,7 @@ class RQVAEConfig:
     kmeans_init_iters: int = 20
     reinit_dead_codes: bool = True
     dead_code_threshold: int = 0
+    deterministic: bool = True  # CPU only: train single-threaded so the same seed gives the same SIDs
 
     def __post_init__(self) -> None:
         _check_common(self.n_levels, self.codebook_size, self.batch_size)
@@ -530,6 +531,21 @@ def _reset_optimizer_rows(optimizer: torch.optim.Optimizer, param: torch.Tensor,
 
 
 def train_rq_vae(
+    config: RQVAEConfig,
+    embeddings: np.ndarray | torch.Tensor,
+    seed: int,
+    device: str,
+    on_epoch: Callback | None = None,
+) -> tuple[RQVAETokenizer, dict[str, list]]:
+    """Train an RQ-VAE on embeddings (n, d) float32 (n >= codebook_size); see `_train_rq_vae`.
+
+    With config.deterministic on the CPU, training runs single-threaded (`seeding.cpu_determinism`).
+    """
+    with cpu_determinism(resolve_device(device), enabled=config.deterministic):
+        return _train_rq_vae(config, embeddings, seed, device, on_epoch)
+
+
+def _train_rq_vae(
     config: RQVAEConfig,
     embeddings: np.ndarray | torch.Tensor,
     seed: int,

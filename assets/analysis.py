@@ -1,0 +1,102 @@
+"""sid_collision_report: every tokenizer's SID table side by side (collisions, usage, V-measure, neighbours)."""
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    AssetIn,
+    AssetKey,
+    Config,
+    ConfigurableResource,
+    MetadataValue,
+    Output,
+    asset,
+    asset_check,
+)
+from pydantic import Field
+
+from assets.metadata import figure_metadata, run_metadata
+from assets.resources import MlflowTracking, ProjectHome
+from unisid_pipeline.analysis import compare_methods, markdown_summary, sid_report
+from unisid_pipeline.analysis.plots import plot_bucket_sizes, plot_codebook_usage, plot_v_measure, save_png
+from unisid_pipeline.embeddings import frame_to_embeddings
+
+SID_METHODS = ("rq_kmeans", "rq_vae", "unisid")
+
+
+class ReportConfig(Config):
+    """Neighbour-agreement settings."""
+
+    k: int = Field(10, description="neighbours per query (cosine on the ad text embeddings)")
+    max_queries: int = Field(2000, description="items sampled as kNN queries")
+    seed: int = Field(0, description="query sampling seed")
+
+
+@asset(group_name="analysis", kinds={"polars", "duckdb", "mlflow"}, owners=["team:analysis"], tags={"stage": "analysis"},
+       ins={**{f"{m}_sids": AssetIn() for m in SID_METHODS}, "ad_hierarchy_labels": AssetIn(), "ad_text_embeddings": AssetIn()})
+def sid_collision_report(context: AssetExecutionContext, config: ReportConfig, mlflow: MlflowTracking,
+                         project_home: ProjectHome, ad_hierarchy_labels: pl.DataFrame, ad_text_embeddings: pl.DataFrame,
+                         **sid_tables: pl.DataFrame) -> Output[pl.DataFrame]:
+    """One row per SID method: collision rate before/after resolution, group sizes, per-level utilization,
+    entropy, perplexity, Gini, prefix fan-out, V-measure per level against the hierarchy, neighbour agreement."""
+    tables = {name.removesuffix("_sids"): t for name, t in sid_tables.items()}
+    ad_ids, x = frame_to_embeddings(ad_text_embeddings)
+    with mlflow.run_for(context, params={**config.model_dump(), "methods": list(tables)}) as run:
+        reports = {}
+        for method, table in tables.items():
+            reports[method] = sid_report(table, labels=ad_hierarchy_labels, embeddings=x, embedding_ad_ids=ad_ids,
+                                         k=config.k, seed=config.seed, max_queries=config.max_queries)
+            run.log_metrics({f"{method}.{k}": v for k, v in reports[method].items()})
+            context.log.info(f"{method}: collision pre {reports[method]['collision_rate_pre']:.4f}, V-measure "
+                             f"L1/L2/L3 {[round(reports[method].get(f'l{i}_v_measure', float('nan')), 3) for i in (1, 2, 3)]}")
+        df = compare_methods(reports)
+        summary = markdown_summary(df)
+        run.log_text(summary, "sid_report.md")
+        run.log_table(df, "sid_report.parquet")
+        out_dir = project_home.sub("reports")
+        figs = {"bucket_sizes": plot_bucket_sizes(tables), "codebook_usage": plot_codebook_usage(tables),
+                "v_measure": plot_v_measure(df)}
+        for name, fig in figs.items():
+            path = save_png(fig, Path(out_dir) / f"sid_{name}.png")
+            run.log_artifact(path, "plots")
+        meta = run_metadata(run, mlflow.ui_url)
+    return Output(df, metadata={**meta, "summary": MetadataValue.md(summary), "dagster/row_count": df.height,
+                                **{f"plot_{k}": figure_metadata(f) for k, f in figs.items()}})
+
+
+
+
+class SidCheckThresholds(ConfigurableResource):
+    """Thresholds of the SID asset checks (editable in the launchpad's resources section)."""
+
+    max_collision_rate_post: float = Field(0.0, description="largest acceptable post-resolution collision rate")
+    min_level_utilization: float = Field(0.05, description="smallest acceptable share of a codebook level in use")
+    utilization_severity: Literal["WARN", "ERROR"] = Field("WARN", description="severity of a low-utilization result")
+
+
+@asset_check(asset=AssetKey("sid_collision_report"), description="post-resolution collision rate within its threshold (0 by default)")
+def sids_collision_free(sid_collision_report: pl.DataFrame, sid_check_thresholds: SidCheckThresholds) -> AssetCheckResult:
+    rates = dict(zip(sid_collision_report["method"].to_list(), sid_collision_report["collision_rate_post"].to_list()))
+    passed = all(r <= sid_check_thresholds.max_collision_rate_post for r in rates.values())
+    return AssetCheckResult(passed=passed, metadata={"collision_rate_post": MetadataValue.json(rates),
+                                                     "threshold": sid_check_thresholds.max_collision_rate_post})
+
+
+@asset_check(asset=AssetKey("sid_collision_report"), description="every codebook level is used above a floor")
+def codebook_utilization_floor(sid_collision_report: pl.DataFrame, sid_check_thresholds: SidCheckThresholds) -> AssetCheckResult:
+    floor = sid_check_thresholds.min_level_utilization
+    cols = [c for c in sid_collision_report.columns if c.endswith("_utilization")]
+    low = {}
+    for row in sid_collision_report.iter_rows(named=True):
+        bad = {c: row[c] for c in cols if row[c] is not None and row[c] < floor}
+        if bad:
+            low[row["method"]] = bad
+    return AssetCheckResult(passed=not low, severity=AssetCheckSeverity[sid_check_thresholds.utilization_severity],
+                            metadata={"floor": floor, "below_floor": MetadataValue.json(low)})
+
+
+ASSETS = [sid_collision_report]
+CHECKS = [sids_collision_free, codebook_utilization_floor]

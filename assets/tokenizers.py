@@ -1,0 +1,202 @@
+"""Tokenizer assets: RQ-KMeans (OneRec), RQ-VAE (TIGER) and their SID tables.
+
+Each method is one `<method>_model` asset (trains, logs to MLflow, registers in the model
+registry) and one `<method>_sids` table built by the shared collision resolution
+(`unisid_pipeline.sid.build_sid_table`) and archived as an MLflow artifact. The UniSID model
+lives in `assets/unisid.py` and uses the same SID-table step (`sid_table_asset`).
+"""
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+import pydantic
+from dagster import AssetExecutionContext, AssetIn, Config, MetadataValue, Output, asset
+from pydantic import Field
+
+from assets.config import mirror, to_core
+from assets.metadata import markdown_table, run_metadata, table_metadata
+from assets.resources import MlflowTracking
+from unisid_pipeline.artifacts import TrainedTokenizer, array_fingerprint, behaviour_fingerprint, state_fingerprint
+from unisid_pipeline.embeddings import frame_to_embeddings
+from unisid_pipeline.models.rq import RQKMeansConfig, RQVAEConfig, fit_rq_kmeans, train_rq_vae
+from unisid_pipeline.sid import build_sid_table
+from unisid_pipeline.tracking import register_if_changed
+
+GROUP = "tokenizers"
+REGISTRY_NAMES = {"rq_kmeans": "rq_kmeans_tokenizer", "rq_vae": "rq_vae_tokenizer", "unisid": "unisid_tokenizer"}
+
+
+def run_config(core_cls: type, name: str, doc: str) -> type[Config]:
+    """Run config of a tokenizer asset: the model's mirrored config plus seed, device and registry switch."""
+    model_cfg = mirror(core_cls)
+    return pydantic.create_model(
+        name, __base__=Config, __doc__=doc,
+        model=(model_cfg, Field(default_factory=model_cfg, description=f"{core_cls.__name__} settings")),
+        seed=(int, Field(0, description="seed for torch, numpy and Python")),
+        device=(str, Field("cpu", description="cpu, cuda, cuda:N or auto")),
+        register=(bool, Field(True, description="log and register the model in the MLflow model registry")),
+    )
+
+
+class SidTableConfig(Config):
+    """How colliding SIDs are made unique."""
+
+    resolution: Literal["suffix", "reassign", "none"] = Field(
+        "suffix", description="suffix: TIGER's extra disambiguation level; reassign: move colliders to the nearest "
+        "free last-level code of their prefix (falls back to suffix when a prefix is full); none: keep collisions")
+
+
+def finish_tokenizer(context: AssetExecutionContext, run, method: str, model: Any, history: dict, info: dict,
+                     register: bool, recipe: dict, codes: np.ndarray) -> TrainedTokenizer:
+    """Fingerprint, register (only when recipe or codes changed) and wrap a trained tokenizer."""
+    fingerprint = behaviour_fingerprint({"method": method, **recipe}, codes)
+    trained = TrainedTokenizer(method=method, model=model.cpu().eval(), fingerprint=fingerprint,
+                               weights=state_fingerprint(model), history=history, info=info)
+    run.set_tags({"weights_fingerprint": fingerprint, "state_sha256": trained.weights, "method": method})
+    if register:
+        version, created = register_if_changed(run, trained.model, "model", REGISTRY_NAMES[method], fingerprint,
+                                               tags={"method": method})
+        trained.registered_name, trained.registered_version = REGISTRY_NAMES[method], version
+        context.log.info(f"registry: {REGISTRY_NAMES[method]} version {version} ({'new' if created else 'unchanged weights, reused'})")
+    return trained
+
+
+def _recipe(config: Config, *training_data: np.ndarray) -> dict:
+    """What determines a trained tokenizer: its run config (device excluded: it must not change SIDs) and data."""
+    return {**{k: v for k, v in config.model_dump().items() if k not in ("device", "register")},
+            "data": array_fingerprint(*training_data)}
+
+
+RQKMeansRun = run_config(RQKMeansConfig, "RQKMeansRun", "Residual k-means tokenizer (OneRec) on ad_text_embeddings.")
+RQVAERun = run_config(RQVAEConfig, "RQVAERun", "RQ-VAE tokenizer (TIGER) on ad_text_embeddings.")
+
+
+@asset(group_name=GROUP, kinds={"torch", "mlflow"}, owners=["team:tokenizers"], tags={"stage": "tokenizers"})
+def rq_kmeans_model(context: AssetExecutionContext, config: RQKMeansRun, mlflow: MlflowTracking,
+                    ad_text_embeddings: pl.DataFrame) -> Output[TrainedTokenizer]:
+    """RQ-KMeans tokenizer (OneRec): residual k-means per level on the ad text embeddings."""
+    core = to_core(config.model, RQKMeansConfig)
+    ad_ids, x = frame_to_embeddings(ad_text_embeddings)
+    params = {**core.__dict__, "seed": config.seed, "device": config.device, "n_items": len(ad_ids), "dim": x.shape[1]}
+    with mlflow.run_for(context, params=params) as run:
+        t0 = time.perf_counter()
+
+        def on_level(row: dict) -> None:
+            context.log.info(f"rq_kmeans level {row['level']}: usage {row['usage']:.3f}, perplexity "
+                             f"{row['perplexity']:.1f}, {row['n_iter']} iters, {row['seconds']:.1f}s")
+            run.log_metrics({k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "level"},
+                            step=int(row["level"]))
+
+        model, history = fit_rq_kmeans(core, x, seed=config.seed, device=config.device, on_level=on_level)
+        seconds = time.perf_counter() - t0
+        run.log_metrics({"train_seconds": seconds})
+        trained = finish_tokenizer(context, run, "rq_kmeans", model, history, {"train_seconds": seconds},
+                                   config.register, recipe=_recipe(config, ad_ids, x), codes=model.encode(x))
+        meta = run_metadata(run, mlflow.ui_url)
+    return Output(trained, metadata={**meta, "version": trained.version, "train_seconds": seconds,
+                                     "per_level": MetadataValue.md(markdown_table(pl.DataFrame(
+                                         {k: v for k, v in history.items() if k != "inertia_curve"})))})
+
+
+@asset(group_name=GROUP, kinds={"torch", "mlflow"}, owners=["team:tokenizers"], tags={"stage": "tokenizers"})
+def rq_vae_model(context: AssetExecutionContext, config: RQVAERun, mlflow: MlflowTracking,
+                 ad_text_embeddings: pl.DataFrame) -> Output[TrainedTokenizer]:
+    """RQ-VAE tokenizer (TIGER): MLP encoder, residual quantizer with k-means init and dead-code reinit, MLP decoder."""
+    core = to_core(config.model, RQVAEConfig)
+    ad_ids, x = frame_to_embeddings(ad_text_embeddings)
+    params = {**core.__dict__, "seed": config.seed, "device": config.device, "n_items": len(ad_ids), "dim": x.shape[1]}
+    with mlflow.run_for(context, params=params) as run:
+        t0 = time.perf_counter()
+
+        def on_epoch(row: dict) -> None:
+            usage = [row[k] for k in sorted(row) if k.startswith("usage_level_")]
+            if row["epoch"] == 1 or row["epoch"] % max(1, core.epochs // 10) == 0 or row["epoch"] == core.epochs:
+                context.log.info(f"rq_vae epoch {row['epoch']}/{core.epochs}: loss {row['loss']:.4f} recon "
+                                 f"{row['recon_loss']:.4f} usage {[round(u, 3) for u in usage]}")
+            run.log_metrics({k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "epoch"},
+                            step=int(row["epoch"]))
+
+        model, history = train_rq_vae(core, x, seed=config.seed, device=config.device, on_epoch=on_epoch)
+        seconds = time.perf_counter() - t0
+        run.log_metrics({"train_seconds": seconds})
+        trained = finish_tokenizer(context, run, "rq_vae", model, history, {"train_seconds": seconds},
+                                   config.register, recipe=_recipe(config, ad_ids, x), codes=model.encode(x))
+        meta = run_metadata(run, mlflow.ui_url)
+        fig = loss_figure(history, "epoch", ["loss", "recon_loss", "commitment_loss"], "RQ-VAE training")
+        run.log_figure(fig, "loss_curve.png")
+    from assets.metadata import figure_metadata
+
+    return Output(trained, metadata={**meta, "version": trained.version, "train_seconds": seconds,
+                                     "final_loss": float(history["loss"][-1]), "loss_curve": figure_metadata(fig)})
+
+
+def loss_figure(history: dict, x_key: str, keys: list[str], title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for k in keys:
+        if k in history:
+            ax.plot(history[x_key], history[k], label=k)
+    ax.set_xlabel(x_key)
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def sid_table_asset(method: str, model_asset: str, inputs: dict[str, AssetIn],
+                    encode: Callable[[TrainedTokenizer, dict[str, Any]], tuple[np.ndarray, np.ndarray, np.ndarray]]):
+    """Build the `<method>_sids` asset: encode all ads, resolve collisions, store and archive the table.
+
+    `encode(trained, inputs) -> (ad_ids, raw_codes (n, L), last_level_cost (n, K))`.
+    """
+
+    @asset(name=f"{method}_sids", group_name=GROUP, kinds={"polars", "duckdb", "mlflow"},
+           ins={"trained": AssetIn(model_asset), **inputs}, owners=["team:tokenizers"], tags={"stage": "tokenizers"},
+           description=f"SID table of {method}: ad_id -> codes (collision-free after resolution), raw_codes, "
+                       "method, model_version. Archived as an MLflow artifact so SIDs never silently change.")
+    def _sids(context: AssetExecutionContext, config: SidTableConfig, mlflow: MlflowTracking,
+              trained: TrainedTokenizer, **kwargs) -> Output[pl.DataFrame]:
+        ad_ids, raw, cost = encode(trained, kwargs)
+        table, info = build_sid_table(ad_ids, raw, method=method, model_version=trained.version,
+                                      resolution=config.resolution, last_level_cost=cost)
+        pre, post = info["pre"], info["post"]
+        with mlflow.run_for(context, params={"resolution": config.resolution, "model_version": trained.version,
+                                             "method": method}) as run:
+            run.log_metrics({"collision_rate_pre": pre["collision_rate"], "collision_rate_post": post["collision_rate"],
+                             "max_group_size_pre": pre["max_group_size"], "n_unique_sids_pre": pre["n_unique_sids"],
+                             "sid_length": info["sid_length"], "n_reassigned": info["n_reassigned"]})
+            run.log_dict(info, "sid_info.json")
+            run.log_table(table, f"{method}_sids.parquet")
+            meta = run_metadata(run, mlflow.ui_url)
+        context.log.info(f"{method}: collision rate {pre['collision_rate']:.4f} -> {post['collision_rate']:.4f} "
+                         f"({info['resolution_used']}; SID length {info['sid_length']})")
+        if info["fallback_reason"]:
+            context.log.warning(f"{method}: reassign fell back to suffix: {info['fallback_reason']}")
+        preview = table.head(10).with_columns(pl.col("codes").cast(pl.List(pl.Utf8)).list.join("-"),
+                                              pl.col("raw_codes").cast(pl.List(pl.Utf8)).list.join("-"))
+        return Output(table, metadata={**table_metadata(preview), **meta, "dagster/row_count": table.height,
+                                       "collision_rate_pre": pre["collision_rate"],
+                                       "collision_rate_post": post["collision_rate"],
+                                       "resolution_used": info["resolution_used"], "sid_length": info["sid_length"],
+                                       "model_version": trained.version})
+
+    return _sids
+
+
+def _encode_embeddings(trained: TrainedTokenizer, inputs: dict[str, Any]):
+    ad_ids, x = frame_to_embeddings(inputs["ad_text_embeddings"])
+    return ad_ids, trained.model.encode(x), trained.model.last_level_distances(x)
+
+
+rq_kmeans_sids = sid_table_asset("rq_kmeans", "rq_kmeans_model", {"ad_text_embeddings": AssetIn()}, _encode_embeddings)
+rq_vae_sids = sid_table_asset("rq_vae", "rq_vae_model", {"ad_text_embeddings": AssetIn()}, _encode_embeddings)
+
+ASSETS = [rq_kmeans_model, rq_vae_model, rq_kmeans_sids, rq_vae_sids]

