@@ -1,0 +1,109 @@
+"""Downstream generative recommender per SID method, and the side-by-side evaluation."""
+import time
+
+import polars as pl
+import pydantic
+from dagster import AssetExecutionContext, AssetIn, Config, MetadataValue, Output, asset
+from pydantic import Field
+
+from assets.config import mirror, to_core
+from assets.metadata import figure_metadata, markdown_table, run_metadata
+from assets.resources import MlflowTracking
+from unisid_pipeline.recommender import RecommenderConfig, evaluate_recommender, train_recommender
+from unisid_pipeline.reporting import comparison_figure, summarize_runs
+from unisid_pipeline.tracking import set_alias
+
+GROUP = "recommender"
+SID_METHODS = ("rq_kmeans", "rq_vae", "unisid")
+METRICS = ("recall@1", "recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "mrr")
+
+_RC = mirror(RecommenderConfig)
+RecommenderRun = pydantic.create_model(
+    "RecommenderRun", __base__=Config, __doc__="TIGER-style recommender training; one model per seed.",
+    model=(_RC, Field(default_factory=_RC, description="RecommenderConfig (its seed is replaced by each of seeds)")),
+    seeds=(list[int], Field([0], description="one model per seed; downstream_eval reports mean ± std")),
+)
+
+
+def recommender_asset(method: str):
+    @asset(name=f"recommender_{method}", group_name=GROUP, kinds={"torch", "mlflow"}, owners=["team:recommender"],
+           tags={"stage": "recommender"}, ins={"sids": AssetIn(f"{method}_sids"), "user_sequences": AssetIn()},
+           description=f"TIGER-style T5 trained on {method} SIDs (constrained beam search over valid SIDs, item-level "
+                       "leave-one-out evaluation); one model per seed, with per-seed test metrics.")
+    def _rec(context: AssetExecutionContext, config: RecommenderRun, mlflow: MlflowTracking,
+             sids: pl.DataFrame, user_sequences: pl.DataFrame) -> Output[dict]:
+        base = to_core(config.model, RecommenderConfig)
+        rows, models = [], {}
+        with mlflow.run_for(context, params={**base.to_dict(), "seeds": config.seeds, "method": method,
+                                             "sid_model_version": sids["model_version"][0]}) as run:
+            for seed in config.seeds:
+                cfg = RecommenderConfig.from_dict({**base.to_dict(), "seed": seed})
+                t0 = time.perf_counter()
+
+                def on_epoch(row: dict, seed=seed) -> None:
+                    valid = row.get("valid_recall@10")
+                    context.log.info(f"{method} seed {seed} epoch {row['epoch']}: loss {row['train_loss']:.4f}"
+                                     + (f", valid R@10 {valid:.4f}" if valid is not None else ""))
+                    run.log_metrics({f"seed{seed}.{k}": v for k, v in row.items()
+                                     if isinstance(v, (int, float)) and k not in ("epoch", "step")}, step=int(row["epoch"]))
+
+                model, history = train_recommender(cfg, sids, user_sequences, on_epoch=on_epoch)
+                train_s = time.perf_counter() - t0
+                test = evaluate_recommender(model, user_sequences, split="test")
+                context.log.info(f"{method} seed {seed}: test " + ", ".join(f"{k} {test[k]:.4f}" for k in METRICS))
+                run.log_metrics({f"seed{seed}.test_{k}": test[k] for k in METRICS})
+                rows.append({"method": method, "seed": seed, **{k: float(test[k]) for k in METRICS},
+                             "epochs_run": len(history.get("epoch", [])) if isinstance(history, dict) else 0,
+                             "train_seconds": train_s, "eval_users_per_s": float(test.get("users_per_s", 0.0))})
+                models[seed] = model.to_checkpoint()
+            results = pl.DataFrame(rows)
+            run.log_table(results, "test_metrics.parquet")
+            meta = run_metadata(run, mlflow.ui_url)
+        return Output({"method": method, "results": results, "checkpoints": models,
+                       "sid_model_version": sids["model_version"][0]},
+                      metadata={**meta, "test_metrics": MetadataValue.md(markdown_table(results)),
+                                **{f"test_{k}": float(results[k].mean()) for k in ("recall@10", "ndcg@10")}})
+
+    return _rec
+
+
+RECOMMENDERS = [recommender_asset(m) for m in SID_METHODS]
+
+
+class EvalConfig(Config):
+    """Which metric picks the champion tokenizer."""
+
+    champion_metric: str = Field("recall@10", description="mean test metric that picks the champion")
+    set_champion_alias: bool = Field(True, description="give the best method's registered tokenizer the 'champion' alias")
+
+
+@asset(group_name=GROUP, kinds={"polars", "duckdb", "mlflow"}, owners=["team:recommender"], tags={"stage": "evaluation"},
+       ins={f"recommender_{m}": AssetIn() for m in SID_METHODS})
+def downstream_eval(context: AssetExecutionContext, config: EvalConfig, mlflow: MlflowTracking,
+                    **recommenders: dict) -> Output[pl.DataFrame]:
+    """All SID methods side by side on the downstream task: mean ± std over seeds of Recall@1/5/10/20, NDCG@5/10, MRR."""
+    per_seed = pl.concat([r["results"] for r in recommenders.values()], how="diagonal_relaxed")
+    table = summarize_runs(per_seed, METRICS)
+    best = table.sort(f"{config.champion_metric}_mean", descending=True)["method"][0]
+    with mlflow.run_for(context, params=config.model_dump()) as run:
+        for row in table.iter_rows(named=True):
+            run.log_metrics({f"{row['method']}.{k}": v for k, v in row.items() if isinstance(v, float)})
+        run.log_table(per_seed, "per_seed.parquet")
+        run.log_table(table, "downstream_eval.parquet")
+        fig = comparison_figure(table, ("recall@5", "recall@10", "ndcg@5", "ndcg@10"), "Downstream recommendation (test)")
+        run.log_figure(fig, "downstream_eval.png")
+        version = next(r["sid_model_version"] for r in recommenders.values() if r["method"] == best)
+        champion = None
+        if config.set_champion_alias and "/" in version:
+            name, ver = version.split("/", 1)
+            set_alias(mlflow.resolved_uri(), name, "champion", ver)
+            champion = f"models:/{name}@champion (version {ver})"
+            context.log.info(f"champion tokenizer: {best} -> {champion}")
+        run.set_tags({"champion_method": best})
+        meta = run_metadata(run, mlflow.ui_url)
+    return Output(table, metadata={**meta, "comparison": MetadataValue.md(markdown_table(table, max_chars=24)),
+                                   "champion_method": best, "champion_model": champion or "not registered",
+                                   "plot": figure_metadata(fig), "dagster/row_count": table.height})
+
+
+ASSETS = [*RECOMMENDERS, downstream_eval]

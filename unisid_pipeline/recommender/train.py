@@ -1,0 +1,232 @@
+"""Training of the generative recommender (TIGER protocol, leave-one-out).
+
+Examples: for every user and every position t >= 1 of ``train_items`` (= items[:-2]), the history
+train_items[max(0, t - max_history):t] predicts train_items[t]. Validation: valid_history ->
+valid_target; test: test_history -> test_target (see the user_sequences contract).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from unisid_pipeline.recommender.evaluate import check_sequences, rank_histories
+from unisid_pipeline.recommender.model import GenerativeRecommender, RecommenderConfig, autocast_ctx
+from unisid_pipeline.recommender.vocab import SIDVocab
+from unisid_pipeline.metrics import ranking_metrics
+from unisid_pipeline.seeding import resolve_device, seed_everything
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Examples:
+    """history_idx (N, H) item indices right-padded with -1; target_idx (N,); user_ids (N,) raw ids."""
+
+    history_idx: np.ndarray
+    target_idx: np.ndarray
+    user_ids: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.target_idx.shape[0])
+
+
+def _right_pad_windows(idx: np.ndarray, h: int) -> np.ndarray:
+    """All prefix windows of one sequence of item indices: row t-1 holds idx[max(0, t-h):t], t = 1..n-1,
+    oldest first, right-padded with -1. (n - 1, h) int64."""
+    n = idx.shape[0]
+    padded = np.concatenate([np.full(h, -1, dtype=np.int64), idx])
+    win = np.lib.stride_tricks.sliding_window_view(padded, h)[1:n]  # window ending just before position t
+    order = np.argsort(win < 0, axis=1, kind="stable")  # move the valid (left-padded) items to the front
+    return np.take_along_axis(win, order, axis=1)
+
+
+def build_train_examples(sequences: pl.DataFrame, vocab: SIDVocab, max_history: int) -> Examples:
+    """Every-prefix training examples from ``train_items`` (TIGER-style)."""
+    check_sequences(sequences, ("train_items",))
+    hists, tgts, users = [], [], []
+    for uid, items in zip(sequences["user_id"].to_list(), sequences["train_items"].to_list()):
+        if items is None or len(items) < 2:
+            continue
+        idx = vocab.item_index(items)
+        hists.append(_right_pad_windows(idx, max_history))
+        tgts.append(idx[1:])
+        users.append(np.full(len(idx) - 1, uid, dtype=np.int64))
+    if not hists:
+        raise ValueError("no training examples: every user has fewer than 2 train_items")
+    return Examples(np.concatenate(hists), np.concatenate(tgts), np.concatenate(users))
+
+
+def build_split_examples(sequences: pl.DataFrame, vocab: SIDVocab, max_history: int, split: str) -> Examples:
+    """One example per user for ``split`` in {"valid", "test"}."""
+    hist_col, tgt_col = f"{split}_history", f"{split}_target"
+    check_sequences(sequences, (hist_col, tgt_col))
+    hist = np.full((sequences.height, max_history), -1, dtype=np.int64)
+    for i, items in enumerate(sequences[hist_col].to_list()):
+        items = list(items)[-max_history:]
+        if items:
+            hist[i, : len(items)] = vocab.item_index(items)
+    targets = vocab.item_index(sequences[tgt_col].to_list())
+    return Examples(hist, targets, sequences["user_id"].to_numpy().astype(np.int64))
+
+
+def lr_lambda(config: RecommenderConfig, total_steps: int) -> Callable[[int], float]:
+    """Multiplier of config.lr at optimizer step ``step`` (0-based) for config.lr_schedule."""
+    warm = config.warmup_steps
+
+    def f(step: int) -> float:
+        s = step + 1
+        if warm and s <= warm:
+            return s / warm
+        if config.lr_schedule == "constant":
+            return 1.0
+        if config.lr_schedule == "inverse_sqrt":
+            return math.sqrt(warm / s) if warm else 1.0 / math.sqrt(s)
+        progress = (s - warm) / max(1, total_steps - warm)  # cosine
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def _user_tokens(vocab: SIDVocab, config: RecommenderConfig, user_ids: np.ndarray) -> np.ndarray | None:
+    return vocab.user_token(user_ids) if config.use_user_token else None
+
+
+def _evaluate_examples(model: GenerativeRecommender, ex: Examples) -> dict[str, float]:
+    cfg = model.config
+    items, _ = rank_histories(model, ex.history_idx, _user_tokens(model.vocab, cfg, ex.user_ids), cfg.eval_batch_size)
+    return ranking_metrics(items, ex.target_idx)  # item indices are item ids here (bijection with ad_ids)
+
+
+def train_recommender(
+    config: RecommenderConfig,
+    sids: Any,
+    sequences: pl.DataFrame,
+    seed: int | None = None,
+    device: str | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    eval_every: int = 1,
+) -> tuple[GenerativeRecommender, list[dict[str, Any]]]:
+    """Train a generative recommender; return (model with the best validation weights, per-epoch history).
+
+    Args:
+        config: model / optimisation settings.
+        sids: SID table (polars ``ad_id`` + ``codes``) or an ``(ad_ids, codes)`` pair; collision-free.
+        sequences: user_sequences table (``user_id``, ``train_items``, ``valid_history``, ``valid_target``).
+        seed, device: override ``config.seed`` / ``config.device`` when given.
+        on_epoch: called after every epoch with that epoch's history dict.
+        eval_every: validate (and consider early stopping) every this many epochs and after the last.
+
+    History dicts hold ``epoch``, ``step``, ``train_loss``, ``lr``, ``seconds`` (epoch wall time,
+    validation included), ``evaluated`` and ``valid_recall@1/5/10/20``, ``valid_ndcg@5/10``,
+    ``valid_mrr`` (None on epochs without validation). Early stopping: ``config.patience``
+    validations without a better Recall@10 (ties broken by NDCG@10); the best weights are restored
+    at the end.
+    """
+    if not isinstance(eval_every, int) or eval_every < 1:
+        raise ValueError(f"eval_every must be an int >= 1, got {eval_every!r}")
+    seed = config.seed if seed is None else seed
+    gen = seed_everything(seed)
+    dev = resolve_device(config.device if device is None else device)
+
+    model = GenerativeRecommender.from_sids(config, sids)
+    vocab = model.vocab
+    train_ex = build_train_examples(sequences, vocab, config.max_history)
+    valid_ex = build_split_examples(sequences, vocab, config.max_history, "valid")
+    if config.valid_max_users is not None and len(valid_ex) > config.valid_max_users:
+        keep = np.sort(np.random.default_rng(seed).choice(len(valid_ex), config.valid_max_users, replace=False))
+        valid_ex = Examples(valid_ex.history_idx[keep], valid_ex.target_idx[keep], valid_ex.user_ids[keep])
+    model.to(dev)
+
+    hist_t = torch.from_numpy(train_ex.history_idx).to(dev)
+    tgt_t = torch.from_numpy(train_ex.target_idx).to(dev)
+    utok = _user_tokens(vocab, config, train_ex.user_ids)
+    utok_t = None if utok is None else torch.from_numpy(utok).to(dev)
+
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.ndim >= 2 else no_decay).append(p)
+    optim = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+        fused=dev.type == "cuda",
+    )
+    t5_fwd = torch.compile(model.t5, mode=config.compile_mode) if config.compile else model.t5
+    n = len(train_ex)
+    # static shapes under torch.compile: drop the last partial batch (reshuffled every epoch)
+    n_used = n if not config.compile or n < config.batch_size else n - n % config.batch_size
+    steps_per_epoch = math.ceil(n_used / config.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda(config, steps_per_epoch * config.epochs))
+    logger.info(
+        "training recommender: %d train examples, %d valid users, %d items, vocab %d, %d params, device %s",
+        n, len(valid_ex), vocab.n_items, vocab.vocab_size, sum(p.numel() for p in model.parameters()), dev,
+    )
+
+    history: list[dict[str, Any]] = []
+    best_score: tuple[float, float] = (-1.0, -1.0)
+    best_epoch, best_state, bad = 0, None, 0
+    step = 0
+    for epoch in range(1, config.epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        perm = torch.randperm(n, generator=gen).to(dev)
+        loss_sum = torch.zeros((), device=dev)
+        for start in range(0, n_used, config.batch_size):
+            rows = perm[start : start + config.batch_size]
+            input_ids, mask = model.assemble_inputs(
+                hist_t[rows], None if utok_t is None else utok_t[rows], trim=not config.compile
+            )
+            with autocast_ctx(dev, config.bf16):
+                loss = t5_fwd(input_ids=input_ids, attention_mask=mask, labels=model.target_labels(tgt_t[rows])).loss
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optim.step()
+            sched.step()
+            step += 1
+            loss_sum += loss.detach().float() * rows.numel()
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "step": step,
+            "train_loss": float(loss_sum) / n_used,
+            "lr": float(sched.get_last_lr()[0]),
+        }
+        evaluated = epoch % eval_every == 0 or epoch == config.epochs
+        metrics = _evaluate_examples(model, valid_ex) if evaluated else None
+        for key in ("recall@1", "recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "mrr"):
+            record[f"valid_{key}"] = None if metrics is None else metrics[key]
+        record["evaluated"] = evaluated
+        stop = False
+        if metrics is not None:
+            score = (metrics["recall@10"], metrics["ndcg@10"])  # NDCG@10 breaks ties of Recall@10
+            if score > best_score:
+                best_score, best_epoch, bad = score, epoch, 0
+                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.t5.state_dict().items()})
+            else:
+                bad += 1
+                stop = bad >= config.patience
+        record["seconds"] = time.perf_counter() - t0
+        history.append(record)
+        logger.info(
+            "epoch %d: loss %.4f valid R@10 %s (%.1fs)", epoch, record["train_loss"],
+            "-" if metrics is None else f"{metrics['recall@10']:.4f}", record["seconds"],
+        )
+        if on_epoch is not None:
+            on_epoch(record)
+        if stop:
+            logger.info(
+                "early stopping at epoch %d (best valid R@10 %.4f at epoch %d)", epoch, best_score[0], best_epoch
+            )
+            break
+    if best_state is not None:
+        model.t5.load_state_dict(best_state)
+    model.eval()
+    return model, history
