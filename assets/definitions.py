@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from dagster import Definitions, define_asset_job, in_process_executor
 
-from assets import ingestion, labels, text, tokenizers
+from assets import analysis, ingestion, labels, recommender, text, tokenizers, unisid
+from assets.analysis import SidCheckThresholds
 from assets.resources import MlflowTracking, ProjectHome, WarehouseIOManager
 
-ALL_ASSETS = [*ingestion.ASSETS, *text.ASSETS, *labels.ASSETS, *tokenizers.ASSETS]
-ALL_CHECKS = [*ingestion.CHECKS]
+ALL_ASSETS = [*ingestion.ASSETS, *text.ASSETS, *labels.ASSETS, *tokenizers.ASSETS, *unisid.ASSETS,
+              *analysis.ASSETS, *recommender.ASSETS]
+ALL_CHECKS = [*ingestion.CHECKS, *analysis.CHECKS]
 
 
 def build_definitions(home: str = "", tracking_uri: str = "") -> Definitions:
@@ -20,6 +22,9 @@ def build_definitions(home: str = "", tracking_uri: str = "") -> Definitions:
                          description="LLM ad summaries and text embeddings (cached)"),
         define_asset_job("tokenizers_job", selection="group:tokenizers",
                          description="train every tokenizer and build the SID tables"),
+        define_asset_job("analysis_job", selection="group:analysis", description="SID collision and quality report"),
+        define_asset_job("recommender_job", selection="group:recommender",
+                         description="train and evaluate the generative recommender per SID method"),
     ]
     return Definitions(
         assets=ALL_ASSETS,
@@ -30,5 +35,6 @@ def build_definitions(home: str = "", tracking_uri: str = "") -> Definitions:
             "io_manager": WarehouseIOManager(home=home),
             "mlflow": MlflowTracking(home=home, tracking_uri=tracking_uri),
             "project_home": ProjectHome(path=home),
+            "sid_check_thresholds": SidCheckThresholds(),
         },
     )

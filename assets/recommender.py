@@ -53,7 +53,7 @@ def recommender_asset(method: str):
                 context.log.info(f"{method} seed {seed}: test " + ", ".join(f"{k} {test[k]:.4f}" for k in METRICS))
                 run.log_metrics({f"seed{seed}.test_{k}": test[k] for k in METRICS})
                 rows.append({"method": method, "seed": seed, **{k: float(test[k]) for k in METRICS},
-                             "epochs_run": len(history.get("epoch", [])) if isinstance(history, dict) else 0,
+                             "epochs_run": len(history),
                              "train_seconds": train_s, "eval_users_per_s": float(test.get("users_per_s", 0.0))})
                 models[seed] = model.to_checkpoint()
             results = pl.DataFrame(rows)

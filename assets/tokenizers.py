@@ -36,7 +36,7 @@ def run_config(core_cls: type, name: str, doc: str) -> type[Config]:
         model=(model_cfg, Field(default_factory=model_cfg, description=f"{core_cls.__name__} settings")),
         seed=(int, Field(0, description="seed for torch, numpy and Python")),
         device=(str, Field("cpu", description="cpu, cuda, cuda:N or auto")),
-        register=(bool, Field(True, description="log and register the model in the MLflow model registry")),
+        register_model=(bool, Field(True, description="log and register the model in the MLflow model registry")),
     )
 
 
@@ -65,7 +65,7 @@ def finish_tokenizer(context: AssetExecutionContext, run, method: str, model: An
 
 def _recipe(config: Config, *training_data: np.ndarray) -> dict:
     """What determines a trained tokenizer: its run config (device excluded: it must not change SIDs) and data."""
-    return {**{k: v for k, v in config.model_dump().items() if k not in ("device", "register")},
+    return {**{k: v for k, v in config.model_dump().items() if k not in ("device", "register_model")},
             "data": array_fingerprint(*training_data)}
 
 
@@ -93,7 +93,7 @@ def rq_kmeans_model(context: AssetExecutionContext, config: RQKMeansRun, mlflow:
         seconds = time.perf_counter() - t0
         run.log_metrics({"train_seconds": seconds})
         trained = finish_tokenizer(context, run, "rq_kmeans", model, history, {"train_seconds": seconds},
-                                   config.register, recipe=_recipe(config, ad_ids, x), codes=model.encode(x))
+                                   config.register_model, recipe=_recipe(config, ad_ids, x), codes=model.encode(x))
         meta = run_metadata(run, mlflow.ui_url)
     return Output(trained, metadata={**meta, "version": trained.version, "train_seconds": seconds,
                                      "per_level": MetadataValue.md(markdown_table(pl.DataFrame(
@@ -122,7 +122,7 @@ def rq_vae_model(context: AssetExecutionContext, config: RQVAERun, mlflow: Mlflo
         seconds = time.perf_counter() - t0
         run.log_metrics({"train_seconds": seconds})
         trained = finish_tokenizer(context, run, "rq_vae", model, history, {"train_seconds": seconds},
-                                   config.register, recipe=_recipe(config, ad_ids, x), codes=model.encode(x))
+                                   config.register_model, recipe=_recipe(config, ad_ids, x), codes=model.encode(x))
         meta = run_metadata(run, mlflow.ui_url)
         fig = loss_figure(history, "epoch", ["loss", "recon_loss", "commitment_loss"], "RQ-VAE training")
         run.log_figure(fig, "loss_curve.png")

@@ -87,6 +87,7 @@ def main() -> None:
     p.add_argument("--max-history", type=int, default=20)
     p.add_argument("--no-user-token", action="store_true")
     p.add_argument("--save", help="write the trained model checkpoint (torch.save) here")
+    p.add_argument("--json-out", help="also write the test/valid metrics and run facts as JSON here")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
 
@@ -145,6 +146,13 @@ def main() -> None:
     for name, m in (("test", test), ("valid", valid)):
         vals = [m["recall@1"], m["recall@5"], m["recall@10"], m["recall@20"], m["ndcg@5"], m["ndcg@10"], m["mrr"]]
         print(f"| {name} | " + " | ".join(f"{v:.4f}" for v in vals) + f" | {train_s:.0f} | {m['users_per_s']:.0f} |")
+    if args.json_out:
+        import json
+
+        Path(args.json_out).write_text(json.dumps({
+            "sids": sid_name, "seed": args.seed, "device": dev, "epochs_run": len(history), "best_epoch": best["epoch"],
+            "train_seconds": train_s, "config": cfg.to_dict(), "test": test, "valid": valid,
+        }, default=float, indent=1))
 
 
 if __name__ == "__main__":

@@ -24,10 +24,10 @@ from unisid_pipeline.data.schema import AD_COLUMNS, INTERACTION_COLUMNS
 class SyntheticWorldConfig:
     """Sizes and dynamics of the synthetic ad world. Defaults make the full demo run in minutes on 2 cores."""
 
-    n_ads: int = 1500
-    n_users: int = 2000
-    n_advertisers: int = 120
-    n_verticals: int = 8
+    n_ads: int = 800
+    n_users: int = 1500
+    n_advertisers: int = 90
+    n_verticals: int = 6
     categories_per_vertical: int = 4
     subcategories_per_category: int = 3
     image_dim: int = 16  # 0 = ads carry no image features

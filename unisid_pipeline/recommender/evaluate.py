@@ -16,7 +16,7 @@ import torch
 
 from unisid_pipeline.metrics import DEFAULT_NDCG_KS, DEFAULT_RECALL_KS, ranking_metrics
 from unisid_pipeline.recommender.model import GenerativeRecommender
-from unisid_pipeline.seeding import resolve_device
+from unisid_pipeline.seeding import cpu_determinism, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,8 @@ def evaluate_recommender(
     if bundle.device.type == "cuda":
         torch.cuda.synchronize(bundle.device)
     t0 = time.perf_counter()
-    items, _ = rank_histories(bundle, history_idx, user_tokens, batch_size or bundle.config.eval_batch_size, w)
+    with cpu_determinism(bundle.device):  # small CPU kernels: one thread beats two oversubscribed ones
+        items, _ = rank_histories(bundle, history_idx, user_tokens, batch_size or bundle.config.eval_batch_size, w)
     seconds = time.perf_counter() - t0
     ranked = np.where(items >= 0, bundle.vocab.ad_ids[np.clip(items, 0, None)], -1)
     out = ranking_metrics(ranked, targets, recall_ks, ndcg_ks)

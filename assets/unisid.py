@@ -1,0 +1,119 @@
+"""UniSID: one model reads the raw ad and emits the SID tuple and a dense embedding."""
+import hashlib
+import json
+import time
+
+import numpy as np
+import polars as pl
+import pydantic
+from dagster import AssetExecutionContext, AssetIn, Config, MetadataValue, Output, asset
+from pydantic import Field
+
+from assets.config import mirror, to_core
+from assets.metadata import figure_metadata, markdown_table, run_metadata
+from assets.resources import MlflowTracking, ProjectHome
+from assets.tokenizers import GROUP, finish_tokenizer, loss_figure, sid_table_asset
+from unisid_pipeline.artifacts import TrainedTokenizer, array_fingerprint
+from unisid_pipeline.embeddings import embeddings_to_frame
+from unisid_pipeline.hierarchy import encode_level_labels
+from unisid_pipeline.unisid import UniSIDTrainConfig, train_unisid
+
+_TC = mirror(UniSIDTrainConfig)
+UniSIDRun = pydantic.create_model(
+    "UniSIDRun", __base__=Config, __doc__="UniSID training (losses switchable for ablations).",
+    train=(_TC, Field(default_factory=_TC, description="UniSIDTrainConfig: model, losses, optimiser, checkpoints")),
+    seed=(int, Field(0, description="seed for torch, numpy and Python")),
+    device=(str, Field("cpu", description="cpu, cuda, cuda:N or auto")),
+    register_model=(bool, Field(True, description="log and register the model in the MLflow model registry")),
+    encode_batch_size=(int, Field(64, description="ads per batch when encoding the catalog after training")),
+)
+
+
+def _aligned(raw_ads: pl.DataFrame, ad_summaries: pl.DataFrame, labels: pl.DataFrame):
+    """Ads, their summaries and label ids in one row order (raw_ads order)."""
+    joined = raw_ads.select("ad_id").join(ad_summaries.select("ad_id", "summary"), on="ad_id", how="left") \
+        .join(labels, on="ad_id", how="left")
+    missing = joined.filter(pl.col("summary").is_null()).height
+    if missing:
+        raise ValueError(f"{missing} ads have no summary: re-materialize ad_summaries for the current raw_ads")
+    return joined["summary"].to_list(), encode_level_labels(joined.select("level_1", "level_2", "level_3"))
+
+
+@asset(group_name=GROUP, kinds={"torch", "mlflow"}, owners=["team:tokenizers"], tags={"stage": "tokenizers"})
+def unisid_model(context: AssetExecutionContext, config: UniSIDRun, mlflow: MlflowTracking, project_home: ProjectHome,
+                 raw_ads: pl.DataFrame, ad_summaries: pl.DataFrame, ad_hierarchy_labels: pl.DataFrame) -> Output[TrainedTokenizer]:
+    """UniSID trained end-to-end from the raw ads: L_sid (multi-granularity SupCon on the per-level SID logits,
+    positives share the category path to that depth) + L_emb (InfoNCE) + λ·L_rec (summary reconstruction).
+
+    Checkpoints every `checkpoint_every` steps under <home>/checkpoints/unisid/<recipe>; a killed run resumes.
+    """
+    core = to_core(config.train, UniSIDTrainConfig)
+    summaries, level_labels = _aligned(raw_ads, ad_summaries, ad_hierarchy_labels)
+    recipe = {**{k: v for k, v in config.model_dump().items() if k not in ("device", "register_model")},
+              "data": array_fingerprint(raw_ads["ad_id"].to_numpy(), level_labels),
+              "summaries": hashlib.sha256("\x1f".join(summaries).encode()).hexdigest()}
+    recipe_id = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    ckpt_dir = project_home.sub("checkpoints", "unisid", recipe_id)
+    params = {"train": core.to_dict() if hasattr(core, "to_dict") else config.train.model_dump(), "seed": config.seed,
+              "device": config.device, "n_ads": raw_ads.height, "checkpoint_dir": str(ckpt_dir),
+              "summary_backend": ad_summaries["backend"][0] if "backend" in ad_summaries.columns else "unknown"}
+    with mlflow.run_for(context, params=params) as run:
+        t0 = time.perf_counter()
+        last_log = [0.0]
+
+        def on_step(row: dict) -> None:
+            run.log_metrics({k: v for k, v in row.items() if isinstance(v, (int, float)) and k not in ("step", "epoch")
+                             and v == v}, step=int(row["step"]))
+            now = time.monotonic()
+            if now - last_log[0] > 10:
+                last_log[0] = now
+                context.log.info(f"unisid step {row['step']}: loss {row['loss']:.4f} (sid {row.get('loss_sid', 0):.4f}, "
+                                 f"emb {row.get('loss_emb', 0):.4f}, rec {row.get('loss_rec', 0):.4f}), "
+                                 f"{row.get('ads_per_s', 0):.1f} ads/s")
+
+        def on_epoch(row: dict) -> None:
+            context.log.info(f"unisid epoch {row['epoch']}: " + ", ".join(
+                f"{k} {v:.3f}" for k, v in row.items() if isinstance(v, float)))
+            run.log_metrics({f"epoch.{k}": v for k, v in row.items() if isinstance(v, (int, float)) and k != "epoch"},
+                            step=int(row["epoch"]))
+
+        model, history = train_unisid(core, raw_ads, summaries, level_labels, seed=config.seed, device=config.device,
+                                      checkpoint_dir=ckpt_dir, on_step=on_step, on_epoch=on_epoch)
+        train_s = time.perf_counter() - t0
+        codes, emb, last_logits = model.encode(raw_ads, batch_size=config.encode_batch_size, device=config.device)
+        steps = history["step"]
+        hist_cols = {"step": [r["step"] for r in steps], **{k: [r.get(k, float("nan")) for r in steps]
+                                                              for k in ("loss", "loss_sid", "loss_emb", "loss_rec")}}
+        fig = loss_figure(hist_cols, "step", ["loss", "loss_sid", "loss_emb", "loss_rec"], "UniSID training")
+        run.log_figure(fig, "loss_curve.png")
+        run.log_metrics({"train_seconds": train_s})
+        trained = finish_tokenizer(context, run, "unisid", model, history, {"train_seconds": train_s},
+                                   config.register_model, recipe=recipe, codes=codes)
+        trained.info["outputs"] = {"ad_ids": raw_ads["ad_id"].to_numpy(), "codes": codes, "embeddings": emb,
+                                   "last_logits": last_logits}
+        meta = run_metadata(run, mlflow.ui_url)
+    epochs = pl.DataFrame(history["epoch"]) if history["epoch"] else pl.DataFrame()
+    return Output(trained, metadata={**meta, "version": trained.version, "train_seconds": train_s,
+                                     "steps": len(steps), "loss_curve": figure_metadata(fig),
+                                     "per_epoch": MetadataValue.md(markdown_table(epochs, max_chars=12))})
+
+
+def _encode_unisid(trained: TrainedTokenizer, inputs: dict):
+    out = trained.info["outputs"]
+    return out["ad_ids"], out["codes"], -out["last_logits"]
+
+
+unisid_sids = sid_table_asset("unisid", "unisid_model", {}, _encode_unisid)
+
+
+@asset(group_name=GROUP, kinds={"polars", "duckdb"}, owners=["team:tokenizers"], tags={"stage": "tokenizers"},
+       ins={"trained": AssetIn("unisid_model")})
+def unisid_embeddings(trained: TrainedTokenizer) -> Output[pl.DataFrame]:
+    """The dense ad embedding UniSID emits beside the SID (L2-normalised), for ad-to-ad retrieval."""
+    out = trained.info["outputs"]
+    frame = embeddings_to_frame(out["ad_ids"], np.asarray(out["embeddings"], dtype=np.float32))
+    return Output(frame, metadata={"dagster/row_count": frame.height, "dim": int(out["embeddings"].shape[1]),
+                                   "model_version": trained.version})
+
+
+ASSETS = [unisid_model, unisid_sids, unisid_embeddings]

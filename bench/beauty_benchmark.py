@@ -1,0 +1,182 @@
+"""Amazon Beauty benchmark: tokenizers (RQ-VAE, RQ-KMeans, UniSID) -> SIDs -> TIGER recommender, per seed.
+
+Stages (each also runs on its own):
+  tokenize  for every method and seed: train the tokenizer, build the SID table (suffix resolution),
+            write <out>/sids_<method>_s<seed>.parquet and the SID quality report <out>/sid_report.parquet
+  train     launch one recommender run per (method, seed) as parallel processes
+            (bench/bench_recommender.py --json-out), wait, and print the comparison table
+The inputs come from bench/beauty_prepare.py (ads, sequences, title embeddings, summaries, labels).
+
+    python bench/beauty_benchmark.py all --data bench/out/beauty_gpu --out bench/out/beauty_results \
+        --device cuda --backbone .beauty_minilm --seeds 0 1 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
+PUBLISHED = {  # DESIGN.md §3, same protocol
+    "TIGER (RQ-VAE), own paper": (0.0454, 0.0648, 0.0321, 0.0384),
+    "TIGER + RQ-KMeans (public reproduction)": (0.0452, 0.0655, 0.0304, 0.0369),
+    "TIGER-UniSID (paper)": (0.0482, 0.0741, 0.0323, 0.0406),
+}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def tokenize(args) -> None:
+    from unisid_pipeline.analysis import compare_methods, sid_report
+    from unisid_pipeline.sid import build_sid_table
+
+    data, out = Path(args.data), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ads = pl.read_parquet(data / "ads.parquet")
+    emb = pl.read_parquet(data / args.embeddings)  # (the GPU image has no duckdb: no unisid_pipeline.embeddings here)
+    ad_ids = emb["ad_id"].to_numpy()
+    x = np.ascontiguousarray(emb["embedding"].to_numpy(), dtype=np.float32).reshape(emb.height, -1)
+    labels = pl.read_parquet(data / "labels.parquet")
+    reports = {}
+    for method in args.methods:
+        for seed in args.seeds:
+            t0 = time.perf_counter()
+            if method == "rq_kmeans":
+                from unisid_pipeline.models.rq import RQKMeansConfig, fit_rq_kmeans
+
+                tok, _ = fit_rq_kmeans(RQKMeansConfig(), x, seed=seed, device=args.device)
+                ids, raw, cost = ad_ids, tok.encode(x), tok.last_level_distances(x)
+            elif method == "rq_vae":
+                from unisid_pipeline.models.rq import RQVAEConfig, train_rq_vae
+
+                tok, hist = train_rq_vae(RQVAEConfig(epochs=args.rqvae_epochs), x, seed=seed, device=args.device)
+                ids, raw, cost = ad_ids, tok.encode(x), tok.last_level_distances(x)
+                log(f"rq_vae seed {seed}: final loss {hist['loss'][-1]:.4f}, usage "
+                    f"{[round(hist[f'usage_level_{l}'][-1], 3) for l in range(3)]}")
+            elif method == "unisid":
+                from unisid_pipeline.hierarchy import encode_level_labels
+                from unisid_pipeline.unisid import UniSIDConfig, UniSIDTrainConfig, train_unisid
+
+                summaries = ads.select("ad_id").join(pl.read_parquet(data / "summaries.parquet"), on="ad_id", how="left")
+                lab = ads.select("ad_id").join(labels, on="ad_id", how="left")
+                cfg = UniSIDTrainConfig(model=UniSIDConfig(backbone=str(Path(args.backbone).resolve()), use_image=False),
+                                        epochs=args.unisid_epochs, batch_size=args.unisid_batch_size,
+                                        checkpoint_every=0)
+                model, hist = train_unisid(cfg, ads, summaries["summary"].to_list(),
+                                           encode_level_labels(lab.select("level_1", "level_2", "level_3")),
+                                           seed=seed, device=args.device,
+                                           on_epoch=lambda r: log(f"unisid seed {seed} epoch {r['epoch']}: loss {r['loss']:.4f}"))
+                codes, _, logits = model.encode(ads, batch_size=256, device=args.device)
+                ids, raw, cost = ads["ad_id"].to_numpy(), codes, -logits
+            else:
+                raise ValueError(f"unknown method {method}")
+            table, info = build_sid_table(ids, raw, method=method, model_version=f"{method}-s{seed}", resolution="suffix",
+                                          last_level_cost=cost)
+            table.write_parquet(out / f"sids_{method}_s{seed}.parquet")
+            rep = sid_report(table, labels=labels, embeddings=x, embedding_ad_ids=ad_ids, codebook_size=256)
+            rep["tokenizer_seconds"] = time.perf_counter() - t0
+            reports[f"{method}_s{seed}"] = rep
+            log(f"{method} seed {seed}: collisions {info['pre']['collision_rate']:.4f} -> {info['post']['collision_rate']:.4f}, "
+                f"V L1/L2/L3 {[round(rep[f'l{l}_v_measure'], 4) for l in (1, 2, 3)]}, {rep['tokenizer_seconds']:.0f}s")
+    df = compare_methods(reports)
+    df.write_parquet(out / "sid_report.parquet")
+    print(df.select("method", "collision_rate_pre", "l1_v_measure", "l2_v_measure", "l3_v_measure",
+                    "l1_utilization", "nbr_agree_l1", "tokenizer_seconds"))
+
+
+def train(args) -> None:
+    out = Path(args.out)
+    procs = []
+    for method in args.methods:
+        for seed in args.seeds:
+            sids = out / f"sids_{method}_s{seed}.parquet"
+            js = out / f"rec_{method}_s{seed}.json"
+            if js.exists():
+                continue
+            cmd = [sys.executable, str(REPO / "bench" / "bench_recommender.py"), "--sequences",
+                   str(Path(args.data) / "sequences.parquet"), "--sids", str(sids), "--device", args.device,
+                   "--seed", str(seed), "--epochs", str(args.rec_epochs), "--batch-size", str(args.rec_batch_size),
+                   "--lr", str(args.rec_lr), "--warmup-steps", str(args.rec_warmup), "--patience", str(args.rec_patience),
+                   "--eval-every", str(args.rec_eval_every), "--valid-max-users", str(args.valid_max_users),
+                   "--eval-batch-size", str(args.eval_batch_size), "--json-out", str(js)]
+            if args.compile:
+                cmd.append("--compile")
+            logf = open(out / f"rec_{method}_s{seed}.log", "w")
+            procs.append((method, seed, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)))
+            log(f"started recommender {method} seed {seed}")
+    for method, seed, p in procs:
+        rc = p.wait()
+        log(f"recommender {method} seed {seed} finished rc={rc}")
+    summarize(args)
+
+
+def summarize(args) -> None:
+    out = Path(args.out)
+    rows = []
+    for js in sorted(out.glob("rec_*.json")):
+        d = json.loads(js.read_text())
+        method = js.stem.removeprefix("rec_").rsplit("_s", 1)[0]
+        rows.append({"method": method, "seed": d["seed"], **{m: d["test"][m] for m in METRICS},
+                     "epochs_run": d["epochs_run"], "train_s": d["train_seconds"]})
+    if not rows:
+        print("no results yet")
+        return
+    df = pl.DataFrame(rows)
+    agg = df.group_by("method", maintain_order=True).agg(
+        pl.len().alias("seeds"), *[pl.format("{} ± {}", pl.col(m).mean().round(4), pl.col(m).std().fill_null(0).round(4)).alias(m)
+                                   for m in METRICS], pl.col("epochs_run").mean().alias("epochs"), pl.col("train_s").mean().round(0))
+    print(df.sort("method", "seed"))
+    print("| method | seeds | R@5 | R@10 | N@5 | N@10 |\n|---|---|---|---|---|---|")
+    for r in agg.iter_rows(named=True):
+        print(f"| {r['method']} (ours) | {r['seeds']} | " + " | ".join(r[m] for m in METRICS) + " |")
+    for name, vals in PUBLISHED.items():
+        print(f"| {name} | - | " + " | ".join(f"{v:.4f}" for v in vals) + " |")
+    df.write_parquet(out / "downstream.parquet")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("stage", choices=["tokenize", "train", "summarize", "all"])
+    ap.add_argument("--data", default="bench/out/beauty_gpu")
+    ap.add_argument("--out", default="bench/out/beauty_results")
+    ap.add_argument("--embeddings", default="embeddings16.parquet")
+    ap.add_argument("--methods", nargs="+", default=["rq_vae", "rq_kmeans", "unisid"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--backbone", default=".beauty_minilm")
+    ap.add_argument("--rqvae-epochs", type=int, default=200)
+    ap.add_argument("--unisid-epochs", type=int, default=3)
+    ap.add_argument("--unisid-batch-size", type=int, default=128)
+    ap.add_argument("--rec-epochs", type=int, default=100)
+    ap.add_argument("--rec-batch-size", type=int, default=256)
+    ap.add_argument("--rec-lr", type=float, default=1e-3)
+    ap.add_argument("--rec-warmup", type=int, default=1000)
+    ap.add_argument("--rec-patience", type=int, default=5)
+    ap.add_argument("--rec-eval-every", type=int, default=2)
+    ap.add_argument("--valid-max-users", type=int, default=5000)
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--eval-batch-size", type=int, default=256)
+    args = ap.parse_args()
+    if args.stage in ("tokenize", "all"):
+        tokenize(args)
+    if args.stage in ("train", "all"):
+        train(args)
+    if args.stage == "summarize":
+        summarize(args)
+
+
+if __name__ == "__main__":
+    main()

