@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml constraints.txt scripts/configure_venv.py
 	touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/dagster asset materialize --select '*'
+	@$(PY) scripts/configure_venv.py >/dev/null  # re-creates $$DAGSTER_HOME if .unisid_home was deleted
+	$(VENV)/bin/dagster asset materialize --select '*' -c configs/demo.yaml
 	@echo "Done. Browse: make dagster-ui (http://127.0.0.1:3000) and make mlflow-ui (http://127.0.0.1:5000)"
 
 test: setup
@@ -29,6 +30,7 @@ test-all: setup
 	$(PY) -m pytest -q
 
 dagster-ui: setup
+	@$(PY) scripts/configure_venv.py >/dev/null
 	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000
 
 mlflow-ui: setup
