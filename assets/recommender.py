@@ -9,8 +9,10 @@ from pydantic import Field
 from assets.config import mirror, to_core
 from assets.metadata import figure_metadata, markdown_table, run_metadata
 from assets.resources import MlflowTracking
+from unisid_pipeline.embeddings import frame_to_embeddings
 from unisid_pipeline.recommender import RecommenderConfig, evaluate_recommender, train_recommender
 from unisid_pipeline.reporting import comparison_figure, summarize_runs
+from unisid_pipeline.retrieval import click_pairs, retrieval_recall
 from unisid_pipeline.tracking import set_alias
 
 GROUP = "recommender"
@@ -107,3 +109,38 @@ def downstream_eval(context: AssetExecutionContext, config: EvalConfig, mlflow: 
 
 
 ASSETS = [*RECOMMENDERS, downstream_eval]
+
+
+class RetrievalConfig(Config):
+    """Ad-to-ad retrieval: 1 positive (the next click) among n_negatives random ads."""
+
+    n_negatives: int = Field(999, description="negatives per query (paper: 999); capped at catalog size - 2")
+    max_pairs: int = Field(5000, description="query/positive pairs sampled from the training clicks")
+    seed: int = Field(0, description="pair and negative sampling seed")
+
+
+@asset(group_name=GROUP, kinds={"polars", "duckdb", "mlflow"}, owners=["team:recommender"], tags={"stage": "evaluation"})
+def embedding_retrieval_eval(context: AssetExecutionContext, config: RetrievalConfig, mlflow: MlflowTracking,
+                             ad_text_embeddings: pl.DataFrame, unisid_embeddings: pl.DataFrame,
+                             user_sequences: pl.DataFrame) -> Output[pl.DataFrame]:
+    """Recall@1/5/10/20 of ad-to-ad retrieval (query: an ad, positive: the user's next click, 1 among
+    1 + n_negatives) for every model that emits an ad embedding: UniSID and the text encoder."""
+    pairs = click_pairs(user_sequences, config.max_pairs, config.seed)
+    rows = []
+    with mlflow.run_for(context, params=config.model_dump()) as run:
+        for name, frame in (("text_encoder", ad_text_embeddings), ("unisid", unisid_embeddings)):
+            ad_ids, x = frame_to_embeddings(frame)
+            n_neg = min(config.n_negatives, len(ad_ids) - 2)
+            if n_neg < config.n_negatives:
+                context.log.warning(f"catalog of {len(ad_ids)} ads: {n_neg} negatives per query instead of {config.n_negatives}")
+            res = retrieval_recall(ad_ids, x, pairs, n_negatives=n_neg, seed=config.seed)
+            rows.append({"model": name, "n_negatives": n_neg, **res})
+            run.log_metrics({f"{name}.{k}": v for k, v in res.items()})
+        table = pl.DataFrame(rows)
+        run.log_table(table, "embedding_retrieval.parquet")
+        meta = run_metadata(run, mlflow.ui_url)
+    return Output(table, metadata={**meta, "results": MetadataValue.md(markdown_table(table)),
+                                   "dagster/row_count": table.height})
+
+
+ASSETS.append(embedding_retrieval_eval)

@@ -50,7 +50,8 @@ def test_every_asset_materializes_with_one_mlflow_run_each(materialized):
     assert all(r.data.tags["dagster.run_id"] == result.run_id for r in runs)
     keys = {r.data.tags["dagster.asset_key"] for r in runs}
     for asset in ("ad_summaries", "ad_text_embeddings", "rq_kmeans_model", "rq_vae_model", "unisid_model",
-                  "rq_kmeans_sids", "unisid_sids", "sid_collision_report", "recommender_unisid", "downstream_eval"):
+                  "rq_kmeans_sids", "unisid_sids", "sid_collision_report", "recommender_unisid", "downstream_eval",
+                  "embedding_retrieval_eval"):
         assert asset in keys, asset
     assert len(runs) == len(keys)  # one run per materialization step
 
@@ -112,3 +113,11 @@ def test_rematerializing_a_tokenizer_adds_no_registry_version(materialized):
     assert job.execute_in_process(run_config=cfg, instance=DagsterInstance.ephemeral()).success
     client = MlflowClient(tracking_uri=paths.mlflow_uri(home))
     assert len(client.search_model_versions("name = 'rq_vae_tokenizer'")) == 1
+
+
+def test_embedding_retrieval_reports_both_embedding_models(materialized):
+    home, _ = materialized
+    table = warehouse.read_table(paths.warehouse_path(home), "embedding_retrieval_eval")
+    assert set(table["model"]) == {"text_encoder", "unisid"}
+    assert (table["n_negatives"] == 148).all()  # 150 ads: capped at catalog size - 2
+    assert (table["recall@1"] <= table["recall@20"]).all()
