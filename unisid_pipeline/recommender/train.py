@@ -147,22 +147,7 @@ def _train_recommender(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     eval_every: int = 1,
 ) -> tuple[GenerativeRecommender, list[dict[str, Any]]]:
-    """Train a generative recommender; return (model with the best validation weights, per-epoch history).
-
-    Args:
-        config: model / optimisation settings.
-        sids: SID table (polars ``ad_id`` + ``codes``) or an ``(ad_ids, codes)`` pair; collision-free.
-        sequences: user_sequences table (``user_id``, ``train_items``, ``valid_history``, ``valid_target``).
-        seed, device: override ``config.seed`` / ``config.device`` when given.
-        on_epoch: called after every epoch with that epoch's history dict.
-        eval_every: validate (and consider early stopping) every this many epochs and after the last.
-
-    History dicts hold ``epoch``, ``step``, ``train_loss``, ``lr``, ``seconds`` (epoch wall time,
-    validation included), ``evaluated`` and ``valid_recall@1/5/10/20``, ``valid_ndcg@5/10``,
-    ``valid_mrr`` (None on epochs without validation). Early stopping: ``config.patience``
-    validations without a better Recall@10 (ties broken by NDCG@10); the best weights are restored
-    at the end.
-    """
+    """The body of `train_recommender` (which picks the CPU thread count around it)."""
     if not isinstance(eval_every, int) or eval_every < 1:
         raise ValueError(f"eval_every must be an int >= 1, got {eval_every!r}")
     seed = config.seed if seed is None else seed
