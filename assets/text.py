@@ -72,7 +72,7 @@ def ad_summaries(context: AssetExecutionContext, config: SummaryRun, mlflow: Mlf
             metrics = {"n_ads": table.height, "n_new": n_new, "n_cached": table.height - n_new,
                        "model_load_seconds": load_s, "seconds": seconds,
                        "summaries_per_s": n_new / seconds if n_new and seconds > 0 else 0.0,
-                       "n_fallback": int(table["summary"].str.starts_with("[").sum())}
+                       "n_fallback": int((table["summary"] == core.postprocess.fallback_text).sum())}
             run.log_metrics(metrics)
             run.set_tags({"backend": summarizer.backend, "model_id": summarizer.model_id})
             sample = raw_ads.select("ad_id", "title").join(table.select("ad_id", "summary"), on="ad_id").head(20)
