@@ -16,7 +16,7 @@ from dagster import AssetExecutionContext, AssetIn, Config, MetadataValue, Outpu
 from pydantic import Field
 
 from assets.config import mirror, to_core
-from assets.metadata import markdown_table, run_metadata, table_metadata
+from assets.metadata import figure_metadata, markdown_table, run_metadata, table_metadata
 from assets.resources import MlflowTracking
 from unisid_pipeline.artifacts import TrainedTokenizer, array_fingerprint, behaviour_fingerprint, state_fingerprint
 from unisid_pipeline.embeddings import frame_to_embeddings
@@ -73,63 +73,77 @@ RQKMeansRun = run_config(RQKMeansConfig, "RQKMeansRun", "Residual k-means tokeni
 RQVAERun = run_config(RQVAEConfig, "RQVAERun", "RQ-VAE tokenizer (TIGER) on ad_text_embeddings.")
 
 
-@asset(group_name=GROUP, kinds={"torch", "mlflow"}, owners=["team:tokenizers"], tags={"stage": "tokenizers"})
-def rq_kmeans_model(context: AssetExecutionContext, config: RQKMeansRun, mlflow: MlflowTracking,
-                    ad_text_embeddings: pl.DataFrame) -> Output[TrainedTokenizer]:
-    """RQ-KMeans tokenizer (OneRec): residual k-means per level on the ad text embeddings."""
-    core = to_core(config.model, RQKMeansConfig)
-    ad_ids, x = frame_to_embeddings(ad_text_embeddings)
+def _fit_rq_tokenizer(context: AssetExecutionContext, config: Config, mlflow: MlflowTracking, frame: pl.DataFrame,
+                      method: str, core_cls: type, fit: Callable, step_key: str,
+                      describe: Callable[[Any, dict], str | None],
+                      extra: Callable[[Any, dict], dict] = lambda run, history: {}) -> Output[TrainedTokenizer]:
+    """The body both RQ model assets share: train on the text embeddings with progress in the Dagster log and
+    MLflow (one metric step per `step_key`), then fingerprint, register and wrap the tokenizer.
+
+    fit(core_config, x, seed=, device=, callback) -> (model, history); describe(core, row) -> log line or None;
+    extra(run, history) -> more materialization metadata, computed while the MLflow run is open.
+    """
+    core = to_core(config.model, core_cls)
+    ad_ids, x = frame_to_embeddings(frame)
     params = {**core.__dict__, "seed": config.seed, "device": config.device, "n_items": len(ad_ids), "dim": x.shape[1]}
     with mlflow.run_for(context, params=params) as run:
         t0 = time.perf_counter()
 
-        def on_level(row: dict) -> None:
-            context.log.info(f"rq_kmeans level {row['level']}: usage {row['usage']:.3f}, perplexity "
-                             f"{row['perplexity']:.1f}, {row['n_iter']} iters, {row['seconds']:.1f}s")
-            run.log_metrics({k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "level"},
-                            step=int(row["level"]))
+        def progress(row: dict) -> None:
+            line = describe(core, row)
+            if line:
+                context.log.info(line)
+            run.log_metrics({k: v for k, v in row.items() if isinstance(v, (int, float)) and k != step_key},
+                            step=int(row[step_key]))
 
-        model, history = fit_rq_kmeans(core, x, seed=config.seed, device=config.device, on_level=on_level)
+        model, history = fit(core, x, seed=config.seed, device=config.device, callback=progress)
         seconds = time.perf_counter() - t0
         run.log_metrics({"train_seconds": seconds})
-        trained = finish_tokenizer(context, run, "rq_kmeans", model, history, {"train_seconds": seconds},
+        trained = finish_tokenizer(context, run, method, model, history, {"train_seconds": seconds},
                                    config.register_model, recipe=_recipe(config, ad_ids, x), codes=model.encode(x))
-        meta = run_metadata(run, mlflow.ui_url)
-    return Output(trained, metadata={**meta, "version": trained.version, "train_seconds": seconds,
-                                     "per_level": MetadataValue.md(markdown_table(pl.DataFrame(
-                                         {k: v for k, v in history.items() if k != "inertia_curve"})))})
+        metadata = {**run_metadata(run, mlflow.ui_url), "version": trained.version, "train_seconds": seconds,
+                    **extra(run, history)}
+    return Output(trained, metadata=metadata)
+
+
+def _describe_level(core: RQKMeansConfig, row: dict) -> str:
+    return (f"rq_kmeans level {row['level']}: usage {row['usage']:.3f}, perplexity {row['perplexity']:.1f}, "
+            f"{row['n_iter']} iters, {row['seconds']:.1f}s")
+
+
+def _describe_epoch(core: RQVAEConfig, row: dict) -> str | None:
+    if not (row["epoch"] == 1 or row["epoch"] % max(1, core.epochs // 10) == 0 or row["epoch"] == core.epochs):
+        return None
+    usage = [round(row[k], 3) for k in sorted(row) if k.startswith("usage_level_")]
+    return f"rq_vae epoch {row['epoch']}/{core.epochs}: loss {row['loss']:.4f} recon {row['recon_loss']:.4f} usage {usage}"
+
+
+def _rq_vae_plots(run, history: dict) -> dict:
+    fig = loss_figure(history, "epoch", ["loss", "recon_loss", "commitment_loss"], "RQ-VAE training")
+    run.log_figure(fig, "loss_curve.png")
+    return {"final_loss": float(history["loss"][-1]), "loss_curve": figure_metadata(fig)}
+
+
+@asset(group_name=GROUP, kinds={"torch", "mlflow"}, owners=["team:tokenizers"], tags={"stage": "tokenizers"})
+def rq_kmeans_model(context: AssetExecutionContext, config: RQKMeansRun, mlflow: MlflowTracking,
+                    ad_text_embeddings: pl.DataFrame) -> Output[TrainedTokenizer]:
+    """RQ-KMeans tokenizer (OneRec): residual k-means per level on the ad text embeddings."""
+    return _fit_rq_tokenizer(
+        context, config, mlflow, ad_text_embeddings, "rq_kmeans", RQKMeansConfig,
+        lambda core, x, seed, device, callback: fit_rq_kmeans(core, x, seed=seed, device=device, on_level=callback),
+        "level", _describe_level,
+        lambda run, history: {"per_level": MetadataValue.md(markdown_table(pl.DataFrame(
+            {k: v for k, v in history.items() if k != "inertia_curve"})))})
 
 
 @asset(group_name=GROUP, kinds={"torch", "mlflow"}, owners=["team:tokenizers"], tags={"stage": "tokenizers"})
 def rq_vae_model(context: AssetExecutionContext, config: RQVAERun, mlflow: MlflowTracking,
                  ad_text_embeddings: pl.DataFrame) -> Output[TrainedTokenizer]:
     """RQ-VAE tokenizer (TIGER): MLP encoder, residual quantizer with k-means init and dead-code reinit, MLP decoder."""
-    core = to_core(config.model, RQVAEConfig)
-    ad_ids, x = frame_to_embeddings(ad_text_embeddings)
-    params = {**core.__dict__, "seed": config.seed, "device": config.device, "n_items": len(ad_ids), "dim": x.shape[1]}
-    with mlflow.run_for(context, params=params) as run:
-        t0 = time.perf_counter()
-
-        def on_epoch(row: dict) -> None:
-            usage = [row[k] for k in sorted(row) if k.startswith("usage_level_")]
-            if row["epoch"] == 1 or row["epoch"] % max(1, core.epochs // 10) == 0 or row["epoch"] == core.epochs:
-                context.log.info(f"rq_vae epoch {row['epoch']}/{core.epochs}: loss {row['loss']:.4f} recon "
-                                 f"{row['recon_loss']:.4f} usage {[round(u, 3) for u in usage]}")
-            run.log_metrics({k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "epoch"},
-                            step=int(row["epoch"]))
-
-        model, history = train_rq_vae(core, x, seed=config.seed, device=config.device, on_epoch=on_epoch)
-        seconds = time.perf_counter() - t0
-        run.log_metrics({"train_seconds": seconds})
-        trained = finish_tokenizer(context, run, "rq_vae", model, history, {"train_seconds": seconds},
-                                   config.register_model, recipe=_recipe(config, ad_ids, x), codes=model.encode(x))
-        meta = run_metadata(run, mlflow.ui_url)
-        fig = loss_figure(history, "epoch", ["loss", "recon_loss", "commitment_loss"], "RQ-VAE training")
-        run.log_figure(fig, "loss_curve.png")
-    from assets.metadata import figure_metadata
-
-    return Output(trained, metadata={**meta, "version": trained.version, "train_seconds": seconds,
-                                     "final_loss": float(history["loss"][-1]), "loss_curve": figure_metadata(fig)})
+    return _fit_rq_tokenizer(
+        context, config, mlflow, ad_text_embeddings, "rq_vae", RQVAEConfig,
+        lambda core, x, seed, device, callback: train_rq_vae(core, x, seed=seed, device=device, on_epoch=callback),
+        "epoch", _describe_epoch, _rq_vae_plots)
 
 
 def loss_figure(history: dict, x_key: str, keys: list[str], title: str):
