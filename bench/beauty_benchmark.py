@@ -50,6 +50,11 @@ def tokenize(args) -> None:
     ad_ids = emb["ad_id"].to_numpy()
     x = np.ascontiguousarray(emb["embedding"].to_numpy(), dtype=np.float32).reshape(emb.height, -1)
     labels = pl.read_parquet(data / "labels.parquet")
+    if args.branching:  # re-derive the hierarchy (UniSID's L_sid targets; V-measure reference) at another granularity
+        from unisid_pipeline.hierarchy import derive_hierarchy
+
+        labels, info = derive_hierarchy(x, ad_ids, branching=tuple(args.branching), seed=0)
+        log(f"derived hierarchy {args.branching}: {info}")
     reports = {}
     for method in args.methods:
         for seed in args.seeds:
@@ -70,11 +75,11 @@ def tokenize(args) -> None:
                 from unisid_pipeline.hierarchy import encode_level_labels
                 from unisid_pipeline.unisid import UniSIDConfig, UniSIDTrainConfig, train_unisid
 
-                summaries = ads.select("ad_id").join(pl.read_parquet(data / "summaries.parquet"), on="ad_id", how="left")
+                summaries = ads.select("ad_id").join(pl.read_parquet(data / args.summaries).select("ad_id", "summary"), on="ad_id", how="left")
                 lab = ads.select("ad_id").join(labels, on="ad_id", how="left")
                 cfg = UniSIDTrainConfig(model=UniSIDConfig(backbone=str(Path(args.backbone).resolve()), use_image=False),
                                         epochs=args.unisid_epochs, batch_size=args.unisid_batch_size,
-                                        checkpoint_every=0)
+                                        rec_decoder=args.unisid_rec_decoder, checkpoint_every=0)
                 model, hist = train_unisid(cfg, ads, summaries["summary"].to_list(),
                                            encode_level_labels(lab.select("level_1", "level_2", "level_3")),
                                            seed=seed, device=args.device,
@@ -160,6 +165,10 @@ def main() -> None:
     ap.add_argument("--rqvae-epochs", type=int, default=200)
     ap.add_argument("--unisid-epochs", type=int, default=3)
     ap.add_argument("--unisid-batch-size", type=int, default=128)
+    ap.add_argument("--unisid-rec-decoder", default="tiny", help="tiny | smollm2 (frozen) | a local causal LM folder")
+    ap.add_argument("--branching", nargs=3, type=int, default=None,
+                    help="re-derive the 3-level hierarchy from the embeddings with this branching (default: labels.parquet)")
+    ap.add_argument("--summaries", default="summaries.parquet", help="L_rec targets in --data (ad_id, summary)")
     ap.add_argument("--rec-epochs", type=int, default=100)
     ap.add_argument("--rec-batch-size", type=int, default=256)
     ap.add_argument("--rec-lr", type=float, default=1e-3)

