@@ -15,8 +15,8 @@ from assets.resources import MlflowTracking, ProjectHome
 from assets.tokenizers import GROUP, finish_tokenizer, loss_figure, sid_table_asset
 from unisid_pipeline.artifacts import TrainedTokenizer, array_fingerprint
 from unisid_pipeline.embeddings import embeddings_to_frame
-from unisid_pipeline.hierarchy import encode_level_labels
 from unisid_pipeline.unisid import UniSIDTrainConfig, train_unisid
+from unisid_pipeline.unisid.tables import aligned_inputs
 
 _TC = mirror(UniSIDTrainConfig)
 UniSIDRun = pydantic.create_model(
@@ -29,16 +29,6 @@ UniSIDRun = pydantic.create_model(
 )
 
 
-def _aligned(raw_ads: pl.DataFrame, ad_summaries: pl.DataFrame, labels: pl.DataFrame):
-    """Ads, their summaries and label ids in one row order (raw_ads order)."""
-    joined = raw_ads.select("ad_id").join(ad_summaries.select("ad_id", "summary"), on="ad_id", how="left") \
-        .join(labels, on="ad_id", how="left")
-    missing = joined.filter(pl.col("summary").is_null()).height
-    if missing:
-        raise ValueError(f"{missing} ads have no summary: re-materialize ad_summaries for the current raw_ads")
-    return joined["summary"].to_list(), encode_level_labels(joined.select("level_1", "level_2", "level_3"))
-
-
 @asset(group_name=GROUP, kinds={"torch", "mlflow"}, owners=["team:tokenizers"], tags={"stage": "tokenizers"})
 def unisid_model(context: AssetExecutionContext, config: UniSIDRun, mlflow: MlflowTracking, project_home: ProjectHome,
                  raw_ads: pl.DataFrame, ad_summaries: pl.DataFrame, ad_hierarchy_labels: pl.DataFrame) -> Output[TrainedTokenizer]:
@@ -48,7 +38,7 @@ def unisid_model(context: AssetExecutionContext, config: UniSIDRun, mlflow: Mlfl
     Checkpoints every `checkpoint_every` steps under <home>/checkpoints/unisid/<recipe>; a killed run resumes.
     """
     core = to_core(config.train, UniSIDTrainConfig)
-    summaries, level_labels = _aligned(raw_ads, ad_summaries, ad_hierarchy_labels)
+    summaries, level_labels = aligned_inputs(raw_ads, ad_summaries, ad_hierarchy_labels)
     recipe = {**{k: v for k, v in config.model_dump().items() if k not in ("device", "register_model")},
               "data": array_fingerprint(raw_ads["ad_id"].to_numpy(), level_labels),
               "summaries": hashlib.sha256("\x1f".join(summaries).encode()).hexdigest()}
