@@ -125,3 +125,38 @@ def test_two_rank_recommender_equals_one_process(data, two_ranks):
     assert [r["valid_recall@10"] for r in hist] == [r["valid_recall@10"] for r in ref_hist]  # users split, then gathered
     for (k, a), (_, b) in zip(ref.t5.state_dict().items(), ddp.t5.state_dict().items()):
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4, msg=k)
+
+
+def test_cuda_rank_must_use_its_local_gpu_and_cli_config_errors_name_the_fix(monkeypatch, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ValueError, match="cuda:LOCAL_RANK"):  # checked before joining any process group
+        DistContext.from_env(torch.device("cuda", 0))
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(k)
+    from unisid_pipeline.cli import train_unisid as cli
+
+    cfg = tmp_path / "run.json"
+    base = ["--config", str(cfg), "--ads", "a.parquet", "--labels", "l.parquet", "--out", str(tmp_path / "o")]
+    with pytest.raises(ValueError, match="does not exist"):
+        cli.main(base)
+    cfg.write_text(json.dumps({"seed": 0}))
+    with pytest.raises(ValueError, match=r"lacks the keys \['train'\]"):
+        cli.main(base)
+    cfg.write_text(json.dumps({"train": {"batch_size": 8, "learning_rate": 1.0}}))
+    with pytest.raises(ValueError, match="learning_rate"):
+        cli.main(base)
+
+
+def test_checkpoint_resumes_only_with_the_world_size_that_wrote_it(data, tmp_path):
+    ads = pl.read_parquet(data / "ads.parquet")
+    _, labels = aligned_inputs(ads, None, pl.read_parquet(data / "labels.parquet"))
+    cfg = UniSIDTrainConfig.from_dict({**UNISID, "max_steps": 1})
+    train_unisid(cfg, ads, None, labels, seed=0, device="cpu", checkpoint_dir=tmp_path)
+    ck_path = tmp_path / "unisid_train_latest.pt"
+    ck = torch.load(ck_path, weights_only=False)
+    assert ck["world_size"] == 1
+    torch.save({**ck, "world_size": 2}, ck_path)  # as if written by a 2-rank run
+    with pytest.raises(ValueError, match="different world_size"):
+        train_unisid(cfg, ads, None, labels, seed=0, device="cpu", checkpoint_dir=tmp_path)
