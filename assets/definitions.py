@@ -1,7 +1,7 @@
 """Build the Dagster Definitions (resources bound to one project home)."""
 from __future__ import annotations
 
-from dagster import Definitions, define_asset_job, in_process_executor
+from dagster import Definitions, PipesSubprocessClient, define_asset_job, in_process_executor
 
 from assets import analysis, ingestion, labels, recommender, text, tokenizers, unisid
 from assets.analysis import SidCheckThresholds
@@ -36,5 +36,6 @@ def build_definitions(home: str = "", tracking_uri: str = "") -> Definitions:
             "mlflow": MlflowTracking(home=home, tracking_uri=tracking_uri),
             "project_home": ProjectHome(path=home),
             "sid_check_thresholds": SidCheckThresholds(),
+            "pipes_subprocess_client": PipesSubprocessClient(),  # launcher='pipes_subprocess' of unisid_model
         },
     )

@@ -1,22 +1,28 @@
 """UniSID: one model reads the raw ad and emits the SID tuple and a dense embedding."""
 import hashlib
 import json
+import shutil
 import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
 import pydantic
-from dagster import AssetExecutionContext, AssetIn, Config, MetadataValue, Output, asset
+import torch
+from dagster import AssetExecutionContext, AssetIn, Config, MetadataValue, Output, PipesSubprocessClient, asset
 from pydantic import Field
 
 from assets.config import mirror, to_core
+from assets.launch import Launcher, check_launcher, fresh_dir, read_history, run_pipes, torchrun_command
 from assets.metadata import figure_metadata, markdown_table, run_metadata
 from assets.resources import MlflowTracking, ProjectHome
 from assets.tokenizers import GROUP, finish_tokenizer, loss_figure, sid_table_asset
 from unisid_pipeline.artifacts import TrainedTokenizer, array_fingerprint
 from unisid_pipeline.embeddings import embeddings_to_frame
-from unisid_pipeline.hierarchy import encode_level_labels
-from unisid_pipeline.unisid import UniSIDTrainConfig, train_unisid
+from unisid_pipeline.cli.common import HISTORY_FILE, MODEL_FILE
+from unisid_pipeline.unisid import UniSIDModel, UniSIDTrainConfig, train_unisid
+from unisid_pipeline.unisid.tables import aligned_inputs
 
 _TC = mirror(UniSIDTrainConfig)
 UniSIDRun = pydantic.create_model(
@@ -26,44 +32,79 @@ UniSIDRun = pydantic.create_model(
     device=(str, Field("cpu", description="cpu, cuda, cuda:N or auto")),
     register_model=(bool, Field(True, description="log and register the model in the MLflow model registry")),
     encode_batch_size=(int, Field(64, description="ads per batch when encoding the catalog after training")),
+    launcher=(Launcher, Field("in_process", description=(
+        "in_process: train inside this Dagster process; pipes_subprocess: run `torchrun -m "
+        "unisid_pipeline.cli.train_unisid` through Dagster Pipes (PipesSubprocessClient) with nproc processes"))),
+    nproc=(int, Field(1, description="pipes_subprocess: processes torchrun starts (> 1 = DDP: gloo on the CPU, "
+                                     "one GPU each with device 'cuda'); each step then takes nproc micro-batches")),
 )
 
 
-def _aligned(raw_ads: pl.DataFrame, ad_summaries: pl.DataFrame, labels: pl.DataFrame):
-    """Ads, their summaries and label ids in one row order (raw_ads order)."""
-    joined = raw_ads.select("ad_id").join(ad_summaries.select("ad_id", "summary"), on="ad_id", how="left") \
-        .join(labels, on="ad_id", how="left")
-    missing = joined.filter(pl.col("summary").is_null()).height
-    if missing:
-        raise ValueError(f"{missing} ads have no summary: re-materialize ad_summaries for the current raw_ads")
-    return joined["summary"].to_list(), encode_level_labels(joined.select("level_1", "level_2", "level_3"))
+def _log_step(run, row: dict) -> None:
+    run.log_metrics({k: v for k, v in row.items() if isinstance(v, (int, float)) and k not in ("step", "epoch")
+                     and v == v}, step=int(row["step"]))
+
+
+def _log_epoch(run, row: dict) -> None:
+    run.log_metrics({f"epoch.{k}": v for k, v in row.items() if isinstance(v, (int, float)) and k != "epoch"
+                     and v == v}, step=int(row["epoch"]))
+
+
+def _train_with_pipes(context: AssetExecutionContext, config: Config, core: UniSIDTrainConfig,
+                      client: PipesSubprocessClient, work: Path, ckpt_dir: Path, raw_ads: pl.DataFrame,
+                      ad_summaries: pl.DataFrame, labels: pl.DataFrame) -> tuple[UniSIDModel, dict, dict[str, Any]]:
+    """Train in `torchrun -m unisid_pipeline.cli.train_unisid` (config.nproc processes) through Dagster Pipes;
+    load the model and history it wrote. Returns (model, history, the metadata the child reported)."""
+    fresh_dir(work)
+    out = work / "out"
+    paths = {"ads": work / "ads.parquet", "labels": work / "labels.parquet", "summaries": work / "summaries.parquet"}
+    raw_ads.write_parquet(paths["ads"])
+    labels.write_parquet(paths["labels"])
+    ad_summaries.select("ad_id", "summary").write_parquet(paths["summaries"])
+    run_json = work / "run.json"
+    run_json.write_text(json.dumps({"train": core.to_dict(), "seed": config.seed, "device": config.device,
+                                    "checkpoint_dir": str(ckpt_dir)}))
+    args = ["--config", str(run_json), "--out", str(out), *[x for k, p in paths.items() for x in (f"--{k}", str(p))]]
+    meta = run_pipes(context, client, torchrun_command("unisid_pipeline.cli.train_unisid", config.nproc, args),
+                     extras={"asset": "unisid_model", "nproc": config.nproc})
+    model = UniSIDModel.from_checkpoint(torch.load(out / MODEL_FILE, map_location="cpu", weights_only=False))
+    history = read_history(out / HISTORY_FILE)
+    shutil.rmtree(work, ignore_errors=True)  # the model now lives in this process (and in MLflow below)
+    return model, history, meta
 
 
 @asset(group_name=GROUP, kinds={"torch", "mlflow"}, owners=["team:tokenizers"], tags={"stage": "tokenizers"})
 def unisid_model(context: AssetExecutionContext, config: UniSIDRun, mlflow: MlflowTracking, project_home: ProjectHome,
-                 raw_ads: pl.DataFrame, ad_summaries: pl.DataFrame, ad_hierarchy_labels: pl.DataFrame) -> Output[TrainedTokenizer]:
+                 pipes_subprocess_client: PipesSubprocessClient, raw_ads: pl.DataFrame, ad_summaries: pl.DataFrame,
+                 ad_hierarchy_labels: pl.DataFrame) -> Output[TrainedTokenizer]:
     """UniSID trained end-to-end from the raw ads: L_sid (multi-granularity SupCon on the per-level SID logits,
     positives share the category path to that depth) + L_emb (InfoNCE) + λ·L_rec (summary reconstruction).
 
     Checkpoints every `checkpoint_every` steps under <home>/checkpoints/unisid/<recipe>; a killed run resumes.
+    launcher='pipes_subprocess' trains in an external torchrun job (nproc processes, DDP) through Dagster Pipes,
+    then continues here exactly as in-process: encode, MLflow logging, registration.
     """
+    check_launcher(config.launcher, config.nproc)
+    world = config.nproc if config.launcher == "pipes_subprocess" else 1
     core = to_core(config.train, UniSIDTrainConfig)
-    summaries, level_labels = _aligned(raw_ads, ad_summaries, ad_hierarchy_labels)
-    recipe = {**{k: v for k, v in config.model_dump().items() if k not in ("device", "register_model")},
+    summaries, level_labels = aligned_inputs(raw_ads, ad_summaries, ad_hierarchy_labels)
+    # the launcher does not change the model; the world size does (each step takes world micro-batches)
+    recipe = {**{k: v for k, v in config.model_dump().items() if k not in ("device", "register_model", "launcher", "nproc")},
+              **({"world_size": world} if world > 1 else {}),
               "data": array_fingerprint(raw_ads["ad_id"].to_numpy(), level_labels),
               "summaries": hashlib.sha256("\x1f".join(summaries).encode()).hexdigest()}
     recipe_id = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
     ckpt_dir = project_home.sub("checkpoints", "unisid", recipe_id)
     params = {"train": core.to_dict() if hasattr(core, "to_dict") else config.train.model_dump(), "seed": config.seed,
               "device": config.device, "n_ads": raw_ads.height, "checkpoint_dir": str(ckpt_dir),
+              "launcher": config.launcher, "world_size": world,
               "summary_backend": ad_summaries["backend"][0] if "backend" in ad_summaries.columns else "unknown"}
     with mlflow.run_for(context, params=params) as run:
         t0 = time.perf_counter()
         last_log = [0.0]
 
         def on_step(row: dict) -> None:
-            run.log_metrics({k: v for k, v in row.items() if isinstance(v, (int, float)) and k not in ("step", "epoch")
-                             and v == v}, step=int(row["step"]))
+            _log_step(run, row)
             now = time.monotonic()
             if now - last_log[0] > 10:
                 last_log[0] = now
@@ -74,11 +115,21 @@ def unisid_model(context: AssetExecutionContext, config: UniSIDRun, mlflow: Mlfl
         def on_epoch(row: dict) -> None:
             context.log.info(f"unisid epoch {row['epoch']}: " + ", ".join(
                 f"{k} {v:.3f}" for k, v in row.items() if isinstance(v, float)))
-            run.log_metrics({f"epoch.{k}": v for k, v in row.items() if isinstance(v, (int, float)) and k != "epoch"},
-                            step=int(row["epoch"]))
+            _log_epoch(run, row)
 
-        model, history = train_unisid(core, raw_ads, summaries, level_labels, seed=config.seed, device=config.device,
-                                      checkpoint_dir=ckpt_dir, on_step=on_step, on_epoch=on_epoch)
+        pipes_meta: dict[str, Any] = {}
+        if config.launcher == "pipes_subprocess":
+            model, history, pipes_meta = _train_with_pipes(
+                context, config, core, pipes_subprocess_client, project_home.sub("pipes", "unisid", context.run_id),
+                ckpt_dir, raw_ads, ad_summaries, ad_hierarchy_labels)
+            for row in history["step"]:
+                _log_step(run, row)
+            for row in history["epoch"]:
+                _log_epoch(run, row)
+        else:
+            model, history = train_unisid(core, raw_ads, summaries, level_labels, seed=config.seed,
+                                          device=config.device, checkpoint_dir=ckpt_dir, on_step=on_step,
+                                          on_epoch=on_epoch)
         train_s = time.perf_counter() - t0
         codes, emb, last_logits = model.encode(raw_ads, batch_size=config.encode_batch_size, device=config.device)
         steps = history["step"]
@@ -93,7 +144,8 @@ def unisid_model(context: AssetExecutionContext, config: UniSIDRun, mlflow: Mlfl
                                    "last_logits": last_logits}
         meta = run_metadata(run, mlflow.ui_url)
     epochs = pl.DataFrame(history["epoch"]) if history["epoch"] else pl.DataFrame()
-    return Output(trained, metadata={**meta, "version": trained.version, "train_seconds": train_s,
+    return Output(trained, metadata={**meta, **pipes_meta, "version": trained.version, "train_seconds": train_s,
+                                     "launcher": config.launcher, "world_size": world,
                                      "steps": len(steps), "loss_curve": figure_metadata(fig),
                                      "per_epoch": MetadataValue.md(markdown_table(epochs, max_chars=12))})
 

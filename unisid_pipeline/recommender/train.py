@@ -21,6 +21,7 @@ import torch
 from unisid_pipeline.recommender.evaluate import check_sequences, rank_histories
 from unisid_pipeline.recommender.model import GenerativeRecommender, RecommenderConfig, autocast_ctx
 from unisid_pipeline.recommender.vocab import SIDVocab
+from unisid_pipeline.distributed import DistContext
 from unisid_pipeline.metrics import ranking_metrics
 from unisid_pipeline.seeding import cpu_determinism, resolve_device, seed_everything
 
@@ -100,9 +101,14 @@ def _user_tokens(vocab: SIDVocab, config: RecommenderConfig, user_ids: np.ndarra
     return vocab.user_token(user_ids) if config.use_user_token else None
 
 
-def _evaluate_examples(model: GenerativeRecommender, ex: Examples) -> dict[str, float]:
+def _evaluate_examples(model: GenerativeRecommender, ex: Examples, ctx: DistContext = DistContext()) -> dict[str, float]:
+    """Validation metrics; under DDP each rank ranks its shard of the users and the ranked lists are
+    gathered, so every rank computes the metrics of all users."""
     cfg = model.config
-    items, _ = rank_histories(model, ex.history_idx, _user_tokens(model.vocab, cfg, ex.user_ids), cfg.eval_batch_size)
+    lo, hi = ctx.shard(len(ex))
+    hist, users = ex.history_idx[lo:hi], ex.user_ids[lo:hi]
+    items, _ = rank_histories(model, hist, _user_tokens(model.vocab, cfg, users), cfg.eval_batch_size)
+    items = ctx.gather_rows(items)
     return ranking_metrics(items, ex.target_idx)  # item indices are item ids here (bijection with ad_ids)
 
 
@@ -122,7 +128,7 @@ def train_recommender(
         sids: SID table (polars ``ad_id`` + ``codes``) or an ``(ad_ids, codes)`` pair; collision-free.
         sequences: user_sequences table (``user_id``, ``train_items``, ``valid_history``, ``valid_target``).
         seed, device: override ``config.seed`` / ``config.device`` when given.
-        on_epoch: called after every epoch with that epoch's history dict.
+        on_epoch: called after every epoch with that epoch's history dict (on rank 0 only under torchrun).
         eval_every: validate (and consider early stopping) every this many epochs and after the last.
 
     History dicts hold ``epoch``, ``step``, ``train_loss``, ``lr``, ``seconds`` (epoch wall time,
@@ -130,6 +136,12 @@ def train_recommender(
     ``valid_mrr`` (None on epochs without validation). Early stopping: ``config.patience``
     validations without a better Recall@10 (ties broken by NDCG@10); the best weights are restored
     at the end.
+
+    Under torchrun (see `unisid_pipeline.distributed`) the model trains with DDP: every rank draws the
+    same seeded permutation, each global batch of config.batch_size examples is split between the
+    ranks, and each rank's loss is weighted by its share, so an optimiser step sees the gradient of
+    the whole batch, as in one process. Validation users are split between ranks too; losses and
+    metrics are global on every rank.
     """
     dev = resolve_device(config.device if device is None else device)
     # One intra-op thread on the CPU: bit-identical runs for a seed, and on a loaded 2-core machine
@@ -152,7 +164,8 @@ def _train_recommender(
         raise ValueError(f"eval_every must be an int >= 1, got {eval_every!r}")
     seed = config.seed if seed is None else seed
     gen = seed_everything(seed)
-    dev = resolve_device(config.device if device is None else device)
+    ctx = DistContext.from_env(resolve_device(config.device if device is None else device))
+    dev = ctx.device
 
     model = GenerativeRecommender.from_sids(config, sids)
     vocab = model.vocab
@@ -176,7 +189,8 @@ def _train_recommender(
         lr=config.lr,
         fused=dev.type == "cuda",
     )
-    t5_fwd = torch.compile(model.t5, mode=config.compile_mode) if config.compile else model.t5
+    t5_train = ctx.wrap(model.t5)  # DDP under torchrun, model.t5 itself in one process
+    t5_fwd = torch.compile(t5_train, mode=config.compile_mode) if config.compile else t5_train
     n = len(train_ex)
     # static shapes under torch.compile: drop the last partial batch (reshuffled every epoch)
     n_used = n if not config.compile or n < config.batch_size else n - n % config.batch_size
@@ -198,26 +212,35 @@ def _train_recommender(
         loss_sum = torch.zeros((), device=dev)
         for start in range(0, n_used, config.batch_size):
             rows = perm[start : start + config.batch_size]
+            n_rows, weight = rows.numel(), None
+            if ctx.enabled:
+                # this rank's share of the global batch, its mean loss weighted by share * world_size: DDP's
+                # gradient average is then the gradient of the global batch mean (every target has the
+                # same number of label tokens). A rank with no share runs one row at weight 0.
+                lo, hi = ctx.shard(n_rows)
+                weight = (hi - lo) * ctx.world_size / n_rows
+                rows = rows[lo:hi] if hi > lo else rows[:1]
             input_ids, mask = model.assemble_inputs(
                 hist_t[rows], None if utok_t is None else utok_t[rows], trim=not config.compile
             )
             with autocast_ctx(dev, config.bf16):
                 loss = t5_fwd(input_ids=input_ids, attention_mask=mask, labels=model.target_labels(tgt_t[rows])).loss
             optim.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if weight is None else loss * weight).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optim.step()
             sched.step()
             step += 1
-            loss_sum += loss.detach().float() * rows.numel()
+            loss_sum += loss.detach().float() * (rows.numel() if weight is None else weight * n_rows / ctx.world_size)
+        train_loss = float(loss_sum) if not ctx.enabled else ctx.all_reduce({"loss": float(loss_sum)})["loss"]
         record: dict[str, Any] = {
             "epoch": epoch,
             "step": step,
-            "train_loss": float(loss_sum) / n_used,
+            "train_loss": train_loss / n_used,
             "lr": float(sched.get_last_lr()[0]),
         }
         evaluated = epoch % eval_every == 0 or epoch == config.epochs
-        metrics = _evaluate_examples(model, valid_ex) if evaluated else None
+        metrics = _evaluate_examples(model, valid_ex, ctx) if evaluated else None
         for key in ("recall@1", "recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "mrr"):
             record[f"valid_{key}"] = None if metrics is None else metrics[key]
         record["evaluated"] = evaluated
@@ -236,7 +259,7 @@ def _train_recommender(
             "epoch %d: loss %.4f valid R@10 %s (%.1fs)", epoch, record["train_loss"],
             "-" if metrics is None else f"{metrics['recall@10']:.4f}", record["seconds"],
         )
-        if on_epoch is not None:
+        if on_epoch is not None and ctx.is_main:
             on_epoch(record)
         if stop:
             logger.info(

@@ -6,6 +6,13 @@ Data order: epoch e visits the ads in `np.random.default_rng([seed, e]).permutat
 micro-batches of batch_size (a trailing micro-batch of one ad is merged into the one before);
 micro-batch m draws its views' randomness (token dropout, attribute order) from
 `np.random.default_rng([seed, m, 1])`. Dropout uses torch's global RNG, whose state is saved.
+
+Data-parallel (under torchrun, see `unisid_pipeline.distributed`): with W ranks, optimiser step s
+takes the global micro-batches m = (s * grad_accum_steps + a) * W + rank, so a W-rank run with
+grad_accum_steps=A makes the same optimiser steps (same micro-batches, same views, gradients averaged
+the same way) as one process with grad_accum_steps=A*W; the contrastive losses stay in-batch
+(batch_size ads per micro-batch, as in one process). Only rank 0 writes checkpoints and calls
+on_step/on_epoch; a checkpoint resumes only with the world size that wrote it.
 """
 from __future__ import annotations
 
@@ -22,7 +29,9 @@ from typing import Any, Callable
 import numpy as np
 import polars as pl
 import torch
+from torch import nn
 
+from unisid_pipeline.distributed import DistContext
 from unisid_pipeline.seeding import resolve_device, seed_everything
 from unisid_pipeline.unisid.config import UniSIDTrainConfig
 from unisid_pipeline.unisid.inputs import (
@@ -123,6 +132,18 @@ def _set_rng_state(s: dict[str, Any]) -> None:
     random.setstate(s["python"])
 
 
+class _TrainStep(nn.Module):
+    """model + objective as one module, so that DDP sees (and syncs) every trained parameter."""
+
+    def __init__(self, model: UniSIDModel, objective: UniSIDObjective) -> None:
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, views, labels, rec_ids, rec_mask) -> dict[str, torch.Tensor]:
+        return self.objective(self.model, views, labels, rec_ids, rec_mask)
+
+
 def _validate(config: UniSIDTrainConfig, ads: pl.DataFrame, summaries: list[str] | None,
               level_labels: np.ndarray) -> np.ndarray:
     for col in ("ad_id", "title"):
@@ -171,7 +192,9 @@ def train_unisid(
     """
     labels_np = _validate(config, ads, summaries, level_labels)
     seed_everything(seed)
-    dev = resolve_device(device)
+    ctx = DistContext.from_env(resolve_device(device))
+    dev = ctx.device
+    world = ctx.world_size
     mcfg = config.model
     if mcfg.use_image and mcfg.image_dim == 0:
         d = detect_image_dim(ads)
@@ -201,7 +224,7 @@ def train_unisid(
 
     chunks = epoch_chunks(n, config.batch_size)
     accum = config.grad_accum_steps
-    total_steps = config.max_steps or math.ceil(config.epochs * len(chunks) / accum)
+    total_steps = config.max_steps or math.ceil(config.epochs * len(chunks) / (accum * world))
     optimizer = torch.optim.AdamW(_param_groups(model, objective, config))
     warmup = int(config.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup, config.min_lr_ratio))
@@ -222,8 +245,8 @@ def train_unisid(
             ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
             if ck.get("format") != TRAIN_CHECKPOINT_FORMAT:
                 raise ValueError(f"{ckpt_path} is not a UniSID training checkpoint: delete it or use another checkpoint_dir")
-            mismatch = [k for k, v in (("train_config", config.to_dict()), ("seed", seed), ("fingerprint", fingerprint))
-                        if ck.get(k) != v]
+            mismatch = [k for k, v in (("train_config", config.to_dict()), ("seed", seed), ("fingerprint", fingerprint),
+                                       ("world_size", world)) if ck.get(k, 1 if k == "world_size" else None) != v]
             if mismatch:
                 raise ValueError(f"{ckpt_path} was written by a run with a different {', '.join(mismatch)}: "
                                  "delete it or use another checkpoint_dir")
@@ -238,16 +261,18 @@ def train_unisid(
             logger.info("resumed UniSID training from %s at step %d/%d", ckpt_path, start_step, total_steps)
 
     def save_checkpoint(step: int) -> None:
-        if ckpt_path is None:
+        if ckpt_path is None or not ctx.is_main:
             return
+        epoch = (step * accum * world) // len(chunks)
         _atomic_save({
             "format": TRAIN_CHECKPOINT_FORMAT,
             "train_config": config.to_dict(),
             "seed": seed,
             "fingerprint": fingerprint,
             "step": step,
-            "epoch": (step * accum) // len(chunks),
-            "data_order": epoch_order(seed, (step * accum) // len(chunks), n),
+            "world_size": world,
+            "epoch": epoch,
+            "data_order": epoch_order(seed, epoch, n),
             "model": model.state_dict(),
             "rec": objective.rec.trainable_state_dict() if objective.rec is not None else None,
             "optimizer": optimizer.state_dict(),
@@ -261,15 +286,15 @@ def train_unisid(
     if history["step"]:
         last_epoch = history["step"][-1]["epoch"]
         epoch_losses = [s["loss"] for s in history["step"] if s["epoch"] == last_epoch]
-    logger.info("UniSID training: %d ads, %d steps of %d x %d ads, device %s", n, total_steps, accum,
-                config.batch_size, dev)
+    train_step = ctx.wrap(_TrainStep(model, objective), find_unused_parameters=True)
+    logger.info("UniSID training: %d ads, %d steps of %d x %d x %d ads (accumulation x ranks x batch), device %s",
+                n, total_steps, accum, world, config.batch_size, dev)
     for step in range(start_step, total_steps):
         t0 = time.perf_counter()
         sums = {k: 0.0 for k in LOSS_KEYS}
         n_ads = n_tokens = 0
-        ended_epochs: list[int] = []
         for a in range(accum):
-            m = step * accum + a
+            m = (step * accum + a) * world + ctx.rank
             epoch, c = divmod(m, len(chunks))
             if epoch not in order_cache:
                 order_cache.clear()
@@ -285,22 +310,27 @@ def train_unisid(
             if rec_targets is not None:
                 rec_ids, rec_mask = pad_targets([rec_targets[i] for i in idx], objective.rec.pad_id)
                 rec_ids, rec_mask = rec_ids.to(dev), rec_mask.to(dev)
-            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                losses = objective(model, views, labels_t[idx].to(dev), rec_ids, rec_mask)
-            (losses["loss"] / accum).backward()
+            with ctx.no_sync(train_step, skip=a < accum - 1):  # DDP: one all-reduce per optimiser step
+                with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                    losses = train_step(views, labels_t[idx].to(dev), rec_ids, rec_mask)
+                (losses["loss"] / accum).backward()
             for k in LOSS_KEYS:
                 sums[k] += float(losses[k].detach()) / accum
             n_ads += len(idx)
             n_tokens += int(views.attention_mask.sum())
-            if c == len(chunks) - 1:
-                ended_epochs.append(epoch)
+        if ctx.enabled:  # global values: loss means over ranks, counts summed
+            sums = ctx.all_reduce(sums, op="mean")
+            counts = ctx.all_reduce({"ads": n_ads, "tokens": n_tokens})
+            n_ads, n_tokens = int(counts["ads"]), int(counts["tokens"])
+        ended_epochs = [g // len(chunks) for g in range(step * accum * world, (step + 1) * accum * world)
+                        if g % len(chunks) == len(chunks) - 1]
         params = [p for g in optimizer.param_groups for p in g["params"]]
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         dt = time.perf_counter() - t0
-        rec = {"step": step + 1, "epoch": (step * accum) // len(chunks), **sums,
+        rec = {"step": step + 1, "epoch": (step * accum * world) // len(chunks), **sums,
                "lr": optimizer.param_groups[0]["lr"], "lr_heads": optimizer.param_groups[-1]["lr"],
                "grad_norm": grad_norm, "ads": n_ads, "ads_per_s": n_ads / dt, "tokens": n_tokens, "seconds": dt}
         history["step"].append(rec)
@@ -323,9 +353,9 @@ def train_unisid(
         last = step + 1 == total_steps
         if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 or last:
             save_checkpoint(step + 1)
-        if on_step is not None:
+        if on_step is not None and ctx.is_main:
             on_step(rec)
-        if on_epoch is not None:
+        if on_epoch is not None and ctx.is_main:
             for ep_rec in ep_recs:
                 on_epoch(ep_rec)
     model.eval()
