@@ -107,7 +107,7 @@ def train(args) -> None:
     procs = []
     for method in args.methods:
         for seed in args.seeds:
-            sids = out / f"sids_{method}_s{seed}.parquet"
+            sids = Path(args.sids_dir or out) / f"sids_{method}_s{seed}.parquet"
             js = out / f"rec_{method}_s{seed}.json"
             if js.exists():
                 continue
@@ -117,6 +117,10 @@ def train(args) -> None:
                    "--lr", str(args.rec_lr), "--warmup-steps", str(args.rec_warmup), "--patience", str(args.rec_patience),
                    "--eval-every", str(args.rec_eval_every), "--valid-max-users", str(args.valid_max_users),
                    "--eval-batch-size", str(args.eval_batch_size), "--json-out", str(js)]
+            if args.rec_max_seconds:
+                cmd += ["--max-train-seconds", str(args.rec_max_seconds)]
+            if args.bf16:
+                cmd.append("--bf16")
             if args.compile:
                 cmd.append("--compile")
             logf = open(out / f"rec_{method}_s{seed}.log", "w")
@@ -177,6 +181,9 @@ def main() -> None:
     ap.add_argument("--rec-eval-every", type=int, default=2)
     ap.add_argument("--valid-max-users", type=int, default=5000)
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--rec-max-seconds", type=float, default=None, help="training time budget of each recommender run")
+    ap.add_argument("--sids-dir", default=None, help="read sids_<method>_s<seed>.parquet from here (default: --out)")
     ap.add_argument("--eval-batch-size", type=int, default=256)
     args = ap.parse_args()
     if args.stage in ("tokenize", "all"):

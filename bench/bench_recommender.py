@@ -84,6 +84,7 @@ def main() -> None:
     p.add_argument("--patience", type=int, default=10)
     p.add_argument("--eval-every", type=int, default=1)
     p.add_argument("--valid-max-users", type=int, default=None)
+    p.add_argument("--max-train-seconds", type=float, default=None, help="stop after the epoch that ends past this budget")
     p.add_argument("--max-history", type=int, default=20)
     p.add_argument("--no-user-token", action="store_true")
     p.add_argument("--save", help="write the trained model checkpoint (torch.save) here")
@@ -122,7 +123,7 @@ def main() -> None:
         bf16=args.bf16, compile=args.compile, compile_mode=args.compile_mode, lr=args.lr,
         lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps,
         weight_decay=args.weight_decay, dropout=args.dropout, patience=args.patience,
-        valid_max_users=args.valid_max_users, max_history=args.max_history, use_user_token=not args.no_user_token,
+        valid_max_users=args.valid_max_users, max_train_seconds=args.max_train_seconds, max_history=args.max_history, use_user_token=not args.no_user_token,
         seed=args.seed, device=args.device,
     )
     t0 = time.perf_counter()

@@ -122,7 +122,7 @@ def test_trie_lookup_matches_the_set_of_valid_sids() -> None:
 @pytest.mark.parametrize(
     "field, value",
     [("d_model", 0), ("dropout", 1.0), ("beam_size", 0), ("lr_schedule", "linear"), ("n_user_buckets", 0),
-     ("lr", 0.0), ("valid_max_users", 0), ("device", "")],
+     ("lr", 0.0), ("valid_max_users", 0), ("device", ""), ("max_train_seconds", 0.0)],
 )
 def test_config_validation_names_the_field(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
@@ -210,6 +210,15 @@ def test_training_is_deterministic_for_a_seed() -> None:
     assert [r["train_loss"] for r in h1] == [r["train_loss"] for r in h2]
     assert all(torch.equal(a, b) for a, b in zip(m1.t5.state_dict().values(), m2.t5.state_dict().values()))
     assert [r["train_loss"] for r in h1] != [r["train_loss"] for r in h3]
+
+
+def test_time_budget_stops_after_the_epoch_that_crosses_it_and_validates_it() -> None:
+    ad_ids, codes = sparse_catalog(12, (3, 5), seed=7)
+    seqs = chain_sequences(ad_ids, n_users=12, length=6, seed=0)
+    cfg = RecommenderConfig(**{**TINY, "max_history": 3, "n_user_buckets": 8, "batch_size": 16, "epochs": 50,
+                               "warmup_steps": 2, "beam_size": 5, "max_train_seconds": 1e-6})
+    _, history = train_recommender(cfg, (ad_ids, codes), seqs, seed=0, device="cpu", eval_every=10)
+    assert len(history) == 1 and history[0]["evaluated"] and history[0]["valid_recall@10"] is not None
 
 
 def test_learns_a_predictable_sequence_and_restores_best_weights() -> None:

@@ -44,7 +44,8 @@ class RecommenderConfig:
     improvement; the best weights are restored).
 
     ``valid_max_users`` evaluates early stopping on a fixed random subset of validation users
-    (None = all), ``bf16`` runs training and decoding under bfloat16 autocast (weights stay fp32),
+    (None = all), ``max_train_seconds`` stops training after the first epoch that ends past this
+    wall-clock budget (validating it; None = no budget), ``bf16`` runs training and decoding under bfloat16 autocast (weights stay fp32),
     ``compile`` runs the training forward/backward through ``torch.compile(mode=compile_mode)``
     with static shapes (histories padded to max_history items, the last partial batch of each epoch
     dropped): on CUDA the small model is launch-bound, and "reduce-overhead" (CUDA graphs) cut an
@@ -70,6 +71,7 @@ class RecommenderConfig:
     epochs: int = 200
     patience: int = 10
     valid_max_users: int | None = None
+    max_train_seconds: float | None = None
     beam_size: int = 20
     eval_batch_size: int = 256
     bf16: bool = False
@@ -105,6 +107,8 @@ class RecommenderConfig:
             raise ValueError(f"grad_clip must be > 0 (use a large value to disable clipping), got {self.grad_clip!r}")
         if self.valid_max_users is not None and (not isinstance(self.valid_max_users, int) or self.valid_max_users < 1):
             raise ValueError(f"valid_max_users must be None or an int >= 1, got {self.valid_max_users!r}")
+        if self.max_train_seconds is not None and not self.max_train_seconds > 0:
+            raise ValueError(f"max_train_seconds must be None or > 0, got {self.max_train_seconds!r}")
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
         if not isinstance(self.seed, int) or self.seed < 0:

@@ -205,6 +205,7 @@ def _train_recommender(
     best_score: tuple[float, float] = (-1.0, -1.0)
     best_epoch, best_state, bad = 0, None, 0
     step = 0
+    started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         t0 = time.perf_counter()
         model.train()
@@ -239,7 +240,10 @@ def _train_recommender(
             "train_loss": train_loss / n_used,
             "lr": float(sched.get_last_lr()[0]),
         }
-        evaluated = epoch % eval_every == 0 or epoch == config.epochs
+        out_of_time = config.max_train_seconds is not None and time.perf_counter() - started >= config.max_train_seconds
+        if ctx.enabled:  # every rank must stop at the same epoch
+            out_of_time = ctx.all_reduce({"t": float(out_of_time)})["t"] > 0
+        evaluated = epoch % eval_every == 0 or epoch == config.epochs or out_of_time
         metrics = _evaluate_examples(model, valid_ex, ctx) if evaluated else None
         for key in ("recall@1", "recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "mrr"):
             record[f"valid_{key}"] = None if metrics is None else metrics[key]
@@ -264,6 +268,12 @@ def _train_recommender(
         if stop:
             logger.info(
                 "early stopping at epoch %d (best valid R@10 %.4f at epoch %d)", epoch, best_score[0], best_epoch
+            )
+            break
+        if out_of_time:
+            logger.info(
+                "time budget of %.0fs used up after epoch %d (best valid R@10 %.4f at epoch %d)",
+                config.max_train_seconds, epoch, best_score[0], best_epoch,
             )
             break
     if best_state is not None:
