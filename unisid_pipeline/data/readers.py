@@ -199,7 +199,7 @@ def _read_jsonl(path: Path) -> ParsedFile:
             if not raw.strip():
                 continue
             try:
-                text = raw.decode("utf-8")
+                text = raw.decode("utf-8").rstrip("\r\n")  # so an error column is on this line
             except UnicodeDecodeError as exc:
                 rejected.append(_reject(source, line_no, "*", f"non-UTF-8 bytes at byte {exc.start}; re-save the file as UTF-8",
                                         raw.decode("utf-8", errors="replace").rstrip("\r\n")))
