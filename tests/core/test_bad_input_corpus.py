@@ -53,7 +53,7 @@ def test_unterminated_quote_rejects_its_line_and_keeps_the_rest():
     clean, rejects, _ = ads_of("ads_unterminated_quote.csv")
     assert clean["ad_id"].to_list() == [1, 3, 4]
     assert clean["title"].to_list() == ["Good", "Still read", "Also read"]
-    assert rejects == [(3, "*", "unterminated quoted field (a quote opens on this line and never closes); "
+    assert rejects == [(3, "*", "unterminated quoted field (a quote opens on this line and does not close on it); "
                                 "close the quote or double it (\"\")")]
 
 

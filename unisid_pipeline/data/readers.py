@@ -117,8 +117,9 @@ class _LineFeed:
 def _read_csv(path: Path, delimiter: str) -> ParsedFile:
     """Strict quoting: a record whose quotes are broken is rejected with its line; parsing goes on after it.
 
-    A quote that opens and never closes would otherwise swallow the rest of the file into one field
-    (Python's lenient csv mode): that line is rejected and the lines after it are parsed again.
+    A quote that opens and does not close on its line would otherwise swallow the following lines
+    (Python's lenient csv mode reads the rest of the file into one field): that line is rejected and
+    the lines after it are parsed again, so no line is lost.
     """
     source = str(path)
     rows: list[dict] = []
@@ -149,16 +150,16 @@ def _read_csv(path: Path, delimiter: str) -> ParsedFile:
             except csv.Error as exc:
                 consumed = feed.record
                 raw_text = _printable(consumed[0].rstrip("\r\n")) if consumed else ""
-                if "end of data" in str(exc):
-                    # The quote opened on `line` never closes: reject that line, re-read the ones it swallowed.
+                if len(consumed) > 1 or "end of data" in str(exc):
+                    # A quote opened on `line` and did not close there: the record ran into the next lines.
+                    # Reject that one line and parse the lines it swallowed again.
                     rejected.append(_reject(source, line, "*", "unterminated quoted field (a quote opens on this line "
-                                            "and never closes); close the quote or double it (\"\")", raw_text))
+                                            "and does not close on it); close the quote or double it (\"\")", raw_text))
                     feed.requeue(consumed[1:])
-                    next_line = line + 1
                 else:
                     rejected.append(_reject(source, line, "*", f"CSV quoting error ({exc}); a field with a quote "
                                             "must be wholly quoted and inner quotes doubled (\"\")", raw_text))
-                    next_line = line + len(consumed)
+                next_line = line + 1
                 continue
             next_line = line + len(feed.record)
             if not values:
