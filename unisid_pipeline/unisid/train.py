@@ -101,9 +101,27 @@ def _fingerprint(ads: pl.DataFrame, texts: list[str] | None, labels: np.ndarray)
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
+    """Write to `<name>.tmp<pid>`, then rename: a run killed mid-write leaves the previous checkpoint whole."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def _remove_dead_temps(path: Path) -> None:
+    """Delete `<name>.tmp<pid>` files left by runs that were killed while writing (their pid is gone)."""
+    for tmp in path.parent.glob(path.name + ".tmp*"):
+        pid = tmp.name[len(path.name) + 4:]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running: not ours to delete
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        logger.info("removing %s, a half-written checkpoint of a killed run", tmp)
+        tmp.unlink(missing_ok=True)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -218,6 +236,7 @@ def train_unisid(
         checkpoint_dir = Path(checkpoint_dir)
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         ckpt_path = checkpoint_dir / CHECKPOINT_NAME
+        _remove_dead_temps(ckpt_path)
         if ckpt_path.exists():
             ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
             if ck.get("format") != TRAIN_CHECKPOINT_FORMAT:
