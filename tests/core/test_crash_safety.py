@@ -235,3 +235,60 @@ def test_kill9_during_warehouse_write_leaves_the_old_table_or_the_new_never_half
     assert v in (1, 2) and t.height == 200_000 + v  # a whole version, never a mix or a prefix
     assert (t["v"] == v).all() and t["i"].to_list() == list(range(t.height))
     assert (t["s"] == t["i"].cast(pl.Utf8) + f"-{v}").all()
+
+
+# ----------------------------------------------------------------------------- MLflow model artifacts
+
+
+MLFLOW_CHILD = """
+import os, time
+import numpy as np
+import mlflow.store.artifact.local_artifact_repo as local_repo
+from unisid_pipeline.models.rq import RQKMeansConfig, fit_rq_kmeans
+from pathlib import Path
+from unisid_pipeline.tracking import open_run, register_if_changed
+
+def torn_copy(self, local_dir, artifact_path=None):  # SIGKILL while the model files are being copied
+    target = self._get_or_create_artifact_dir(artifact_path)
+    first = sorted(os.path.join(r, f) for r, _, fs in os.walk(local_dir) for f in fs)[0]
+    data = open(first, "rb").read()
+    with open(os.path.join(target, os.path.basename(first)), "wb") as fh:
+        fh.write(data[: len(data) // 2])
+    print("half-written", flush=True)
+    time.sleep(600)
+
+local_repo.LocalArtifactRepository.log_artifacts = torn_copy
+x = np.random.default_rng(0).normal(size=(32, 8)).astype(np.float32)
+model, _ = fit_rq_kmeans(RQKMeansConfig(n_levels=2, codebook_size=4, n_iter=3), x, seed=0, device="cpu")
+with open_run({uri!r}, "exp", "killed", {{"dagster.asset_key": "rq_kmeans_model"}}, artifact_root=Path({root!r})) as run:
+    print("run", run.run_id, flush=True)
+    register_if_changed(run, model, "model", "rq_kmeans_tokenizer", "fp-1")
+"""
+
+
+def test_kill9_while_logging_a_model_never_registers_a_partial_artifact(tmp_path):
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from unisid_pipeline.models.rq import RQKMeansConfig, fit_rq_kmeans
+    from unisid_pipeline.tracking import load_registered_model, open_run, register_if_changed
+
+    uri, root = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts"
+    child = Child(MLFLOW_CHILD.format(uri=uri, root=str(root)))
+    run_id = child.wait_for("run ").split()[1]
+    child.wait_for("half-written")
+    child.kill9()
+
+    client = MlflowClient(tracking_uri=uri)
+    assert client.search_model_versions("name = 'rq_kmeans_tokenizer'") == []  # nothing points at the torn files
+    with pytest.raises(MlflowException):
+        load_registered_model(uri, "models:/rq_kmeans_tokenizer/1")
+    assert client.get_run(run_id).info.status != "FINISHED"  # the killed run never claims success
+
+    # The re-run logs and registers a whole model: version 1, which loads and encodes like the trained one.
+    x = np.random.default_rng(0).normal(size=(32, 8)).astype(np.float32)
+    model, _ = fit_rq_kmeans(RQKMeansConfig(n_levels=2, codebook_size=4, n_iter=3), x, seed=0, device="cpu")
+    with open_run(uri, "exp", "rerun", {"dagster.asset_key": "rq_kmeans_model"}, artifact_root=root) as run:
+        assert register_if_changed(run, model, "model", "rq_kmeans_tokenizer", "fp-1") == ("1", True)
+    loaded = load_registered_model(uri, "models:/rq_kmeans_tokenizer/1")
+    assert np.array_equal(loaded.encode(x), model.encode(x))
