@@ -33,6 +33,7 @@ class WarehouseIOManager(ConfigurableIOManager):
     """polars DataFrames -> DuckDB tables (atomic replace); anything else -> atomic pickle files."""
 
     home: str = ""
+    lock_timeout_s: float = warehouse.DEFAULT_LOCK_TIMEOUT_S  # wait this long for another process's lock, then fail
 
     def _db(self) -> Path:
         return paths.warehouse_path(paths.project_home(self.home or None))
@@ -46,7 +47,7 @@ class WarehouseIOManager(ConfigurableIOManager):
         key = list(context.asset_key.path)
         name = warehouse.table_name(key)
         if isinstance(obj, pl.DataFrame):
-            warehouse.write_table(self._db(), name, obj)
+            warehouse.write_table(self._db(), name, obj, lock_timeout_s=self.lock_timeout_s)
             self._obj(key).unlink(missing_ok=True)
             context.add_output_metadata({"duckdb_table": f"{self._db()}::{name}"})
         else:
@@ -60,7 +61,7 @@ class WarehouseIOManager(ConfigurableIOManager):
         if obj_path.exists():
             return warehouse.read_object(obj_path)
         try:
-            return warehouse.read_table(self._db(), name)
+            return warehouse.read_table(self._db(), name, lock_timeout_s=self.lock_timeout_s)
         except KeyError:
             raise FileNotFoundError(
                 f"asset {'/'.join(key)} has not been materialized in {self._db().parent}; "

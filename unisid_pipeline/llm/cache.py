@@ -17,6 +17,8 @@ from typing import Any
 import duckdb
 import polars as pl
 
+from unisid_pipeline.warehouse import open_connection
+
 logger = logging.getLogger(__name__)
 
 CacheKey = tuple[str, str, str]  # (content_hash, model_id, prompt_version)
@@ -50,9 +52,9 @@ def connect(con: duckdb.DuckDBPyConnection | str | Path) -> duckdb.DuckDBPyConne
         return con
     if isinstance(con, (str, Path)):
         path = str(con)
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return duckdb.connect(path)
+        if path == ":memory:":
+            return duckdb.connect(path)
+        return open_connection(Path(path))  # lock retries, then an error naming the holder
     raise TypeError(f"expected a duckdb connection or a database path, got {type(con).__name__}")
 
 

@@ -1,0 +1,84 @@
+"""Warehouse writes when the disk fills up: the previous version stays whole, the error says disk full and where."""
+import errno
+import os
+import subprocess
+import sys
+
+import polars as pl
+import pytest
+
+from unisid_pipeline import warehouse
+from unisid_pipeline.warehouse import DiskFullError
+
+
+def test_object_write_hitting_enospc_midway_keeps_the_previous_object(tmp_path, monkeypatch):
+    target = tmp_path / "objects" / "model.pkl"
+    warehouse.write_object(target, {"version": 1})
+    real_fdopen = os.fdopen
+
+    class HalfThenFull:
+        """A file whose disk fills up half-way through the write."""
+
+        def __init__(self, fh):
+            self.fh = fh
+
+        def write(self, data):
+            self.fh.write(data[: len(data) // 2])
+            self.fh.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+    monkeypatch.setattr(warehouse.os, "fdopen", lambda fd, mode: HalfThenFull(real_fdopen(fd, mode)))
+    with pytest.raises(DiskFullError) as err:
+        warehouse.write_object(target, {"version": 2, "payload": "x" * 100_000})
+    monkeypatch.undo()
+    msg = str(err.value)
+    assert err.value.errno == errno.ENOSPC
+    assert f"disk full while writing an object to {target} (" in msg and "MB free there" in msg
+    assert "No space left on device" in msg and "The previous version is intact" in msg
+    assert warehouse.read_object(target) == {"version": 1}
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model.pkl"]  # no half-written temp file left
+
+
+FILLER = """
+import os, resource, signal, sys
+import polars as pl
+from unisid_pipeline import warehouse
+db = sys.argv[1]
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over the limit a write fails with EFBIG instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize(db) + 100_000, resource.RLIM_INFINITY))
+n = 2_000_000
+try:
+    warehouse.write_table(db, "t", pl.DataFrame({"i": range(n), "s": [str(i) * 3 for i in range(n)]}))
+except warehouse.DiskFullError as exc:
+    print(exc)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX")
+def test_table_write_running_out_of_room_keeps_the_previous_table(tmp_path):
+    """A real DuckDB write that runs out of room (a file-size limit on the writing process stands in for a full
+    disk, which needs no root): DiskFullError naming the file, and the old table intact afterwards."""
+    db = tmp_path / "warehouse.duckdb"
+    old = pl.DataFrame({"i": list(range(1000)), "s": ["old"] * 1000})
+    warehouse.write_table(db, "t", old)
+    proc = subprocess.run([sys.executable, "-c", FILLER, str(db)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert proc.stdout.startswith(f"[Errno {errno.ENOSPC}] disk full while writing table 't' to {db} (")
+    assert "File too large" in proc.stdout and "The previous version is intact" in proc.stdout
+    assert warehouse.read_table(db, "t").equals(old)
+    warehouse.write_table(db, "t", old.with_columns(pl.lit("new").alias("s")))  # and the file still takes writes
+    assert warehouse.read_table(db, "t")["s"].unique().to_list() == ["new"]
+
+
+def test_is_no_space_recognises_os_and_duckdb_errors():
+    assert warehouse.is_no_space(OSError(errno.ENOSPC, "No space left on device"))
+    assert warehouse.is_no_space(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert warehouse.is_no_space(RuntimeError('IO Error: Could not write file "x": No space left on device'))
+    assert not warehouse.is_no_space(OSError(errno.EACCES, "Permission denied"))
