@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, OutputContext
+from dagster import ConfigurableIOManager, ConfigurableResource, InitResourceContext, InputContext, OutputContext
 
+from assets.config import check_run_config
 from unisid_pipeline import paths, warehouse
-from unisid_pipeline.tracking import TrackedRun, open_run
+from unisid_pipeline.tracking import TrackedRun, check_tracking_uri, open_run
 
 
 class ProjectHome(ConfigurableResource):
@@ -83,6 +84,16 @@ class MlflowTracking(ConfigurableResource):
 
     def resolved_uri(self) -> str:
         return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or paths.mlflow_uri(paths.project_home(self.home or None))
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        """At run start, before any step (every tracked asset holds this resource): the run config of every op
+        is valid, and the tracking server answers. A bad value or a dead server fails the launch, not step 9."""
+        run = context.dagster_run
+        if run is not None and run.run_config:
+            from assets.definitions import op_config_classes
+
+            check_run_config(run.run_config, op_config_classes())
+        check_tracking_uri(self.resolved_uri())
 
     @contextlib.contextmanager
     def run_for(self, context, params: dict[str, Any] | None = None) -> Iterator[TrackedRun]:

@@ -33,17 +33,29 @@ def _closed_port() -> int:
     return port
 
 
-def _error_text(result, node: str) -> str:
-    return result.failure_data_for_node(node).error.to_string()
+def failure_text(result) -> str:
+    """Every error message (with causes) in a Dagster result: step failures and resource-init failures alike."""
+    texts = []
+    for event in result.all_events:
+        error = getattr(event.event_specific_data, "error", None)
+        if error is not None:
+            texts.append(error.to_string())
+    return "\n".join(texts)
 
 
-@pytest.mark.parametrize("via", ["resource", "env"])
-def test_unreachable_mlflow_server_fails_the_training_asset_before_training(home, monkeypatch, via):
+def write_unisid_inputs(home) -> None:
+    """The three tables unisid_model reads (40 synthetic ads, template summaries, category labels)."""
     db = paths.warehouse_path(home)
     ads = ingest(IngestionConfig(synthetic=SyntheticWorldConfig(**SMALL["synthetic"]))).raw_ads
     warehouse.write_table(db, "raw_ads", ads)
     warehouse.write_table(db, "ad_summaries", summarize_ads(ads, TemplateSummarizer(), None))
     warehouse.write_table(db, "ad_hierarchy_labels", labels_from_category_path(ads))
+
+
+@pytest.mark.parametrize("via", ["resource", "env"])
+def test_unreachable_mlflow_server_fails_the_launch_before_training(home, monkeypatch, via):
+    db = paths.warehouse_path(home)
+    write_unisid_inputs(home)
     started = []
     monkeypatch.setattr(assets.unisid, "train_unisid", lambda *a, **k: started.append(1))  # a spy: must stay unused
     uri = f"http://127.0.0.1:{_closed_port()}"
@@ -57,10 +69,11 @@ def test_unreachable_mlflow_server_fails_the_training_asset_before_training(home
     result = job.execute_in_process(run_config={"ops": {"unisid_model": {"config": UNISID}}},
                                     instance=DagsterInstance.ephemeral(), raise_on_error=False)
     assert not result.success
-    text = _error_text(result, "unisid_model")
+    text = failure_text(result)
     assert f"ConnectionError: MLflow tracking server {uri} is unreachable" in text
     assert "Start it, fix MLFLOW_TRACKING_URI, or unset it" in text
     assert started == []  # no training began
+    assert not result.get_step_success_events()
     assert time.monotonic() - t0 < 60
     assert not warehouse.has_table(db, "unisid_sids")
 
@@ -85,7 +98,7 @@ def test_warehouse_locked_by_another_process_fails_naming_the_holder_then_recove
         result = materialize([ingested_tables], resources=resources, run_config=cfg,
                              instance=DagsterInstance.ephemeral(), raise_on_error=False)
         assert not result.success
-        text = _error_text(result, "ingested_tables")
+        text = failure_text(result)
         assert f"WarehouseLockedError: DuckDB file {db} is locked by" in text
         assert f"(PID {holder.pid})" in text  # names the holder
         assert "Stop that process" in text

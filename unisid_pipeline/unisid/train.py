@@ -149,6 +149,9 @@ def _validate(config: UniSIDTrainConfig, ads: pl.DataFrame, summaries: list[str]
     n = ads.height
     if n < 2:
         raise ValueError("train_unisid needs at least 2 ads (contrastive losses need negatives)")
+    if config.batch_size > n:
+        raise ValueError(f"UniSIDTrainConfig.batch_size={config.batch_size} is larger than the data ({n} ads): "
+                         f"set batch_size to at most {n}")
     labels = np.asarray(level_labels)
     if labels.ndim != 2 or labels.shape != (n, config.model.n_levels):
         raise ValueError(
