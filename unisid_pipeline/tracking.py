@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -19,9 +20,12 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from unisid_pipeline.processes import pid_alive
+
 log = logging.getLogger(__name__)
 
 MAX_PARAM_CHARS = 6000
+HOST_TAG, PID_TAG = "unisid.host", "unisid.pid"  # who runs an MLflow run, to tell a killed run from a live one
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
@@ -156,7 +160,9 @@ def open_run(
     mlflow.set_tracking_uri(tracking_uri)
     exp_id = ensure_experiment(tracking_uri, experiment, artifact_root)
     client = MlflowClient(tracking_uri=tracking_uri)
-    run = client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
+    mark_killed_runs(client, exp_id)
+    owner = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+    run = client.create_run(exp_id, run_name=run_name, tags={**{k: str(v) for k, v in tags.items()}, **owner})
     tracked = TrackedRun(run_id=run.info.run_id, experiment_id=exp_id, tracking_uri=tracking_uri)
     try:
         if params:
@@ -167,6 +173,29 @@ def open_run(
         raise
     else:
         client.set_terminated(run.info.run_id, status="FINISHED")
+
+
+def mark_killed_runs(client: MlflowClient, experiment_id: str) -> list[str]:
+    """Set status KILLED on RUNNING runs started on this host by a process that no longer exists.
+
+    A materialization killed by SIGKILL never ends its MLflow run; left alone it would look in progress
+    forever. Returns the ids of the runs marked.
+    """
+    host = socket.gethostname().replace("'", "")
+    try:
+        runs = client.search_runs([experiment_id], f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'")
+    except mlflow.exceptions.MlflowException:
+        return []
+    marked = []
+    for r in runs:
+        pid = r.data.tags.get(PID_TAG, "")
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            client.set_tag(r.info.run_id, "unisid.killed", f"process {pid} on {host} ended without finishing the run")
+            client.set_terminated(r.info.run_id, status="KILLED")
+            marked.append(r.info.run_id)
+    if marked:
+        log.warning("marked %d MLflow run(s) of killed processes as KILLED: %s", len(marked), marked)
+    return marked
 
 
 def register_if_changed(run: TrackedRun, model: Any, name: str, registered_model_name: str, fingerprint: str,

@@ -283,12 +283,14 @@ def test_kill9_while_logging_a_model_never_registers_a_partial_artifact(tmp_path
     assert client.search_model_versions("name = 'rq_kmeans_tokenizer'") == []  # nothing points at the torn files
     with pytest.raises(MlflowException):
         load_registered_model(uri, "models:/rq_kmeans_tokenizer/1")
-    assert client.get_run(run_id).info.status != "FINISHED"  # the killed run never claims success
+    assert client.get_run(run_id).info.status == "RUNNING"  # the killed run never claims success...
 
     # The re-run logs and registers a whole model: version 1, which loads and encodes like the trained one.
     x = np.random.default_rng(0).normal(size=(32, 8)).astype(np.float32)
     model, _ = fit_rq_kmeans(RQKMeansConfig(n_levels=2, codebook_size=4, n_iter=3), x, seed=0, device="cpu")
     with open_run(uri, "exp", "rerun", {"dagster.asset_key": "rq_kmeans_model"}, artifact_root=root) as run:
         assert register_if_changed(run, model, "model", "rq_kmeans_tokenizer", "fp-1") == ("1", True)
+    assert client.get_run(run_id).info.status == "KILLED"  # ...and the next run marks it as killed
+    assert client.get_run(run.run_id).info.status == "FINISHED"
     loaded = load_registered_model(uri, "models:/rq_kmeans_tokenizer/1")
     assert np.array_equal(loaded.encode(x), model.encode(x))

@@ -23,6 +23,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from unisid_pipeline.processes import pid_alive
 from unisid_pipeline.seeding import resolve_device, seed_everything
 from unisid_pipeline.unisid.config import UniSIDTrainConfig
 from unisid_pipeline.unisid.inputs import (
@@ -111,15 +112,8 @@ def _remove_dead_temps(path: Path) -> None:
     """Delete `<name>.tmp<pid>` files left by runs that were killed while writing (their pid is gone)."""
     for tmp in path.parent.glob(path.name + ".tmp*"):
         pid = tmp.name[len(path.name) + 4:]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-            continue  # still running: not ours to delete
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
+        if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
+            continue  # ours, or a live run's: not ours to delete
         logger.info("removing %s, a half-written checkpoint of a killed run", tmp)
         tmp.unlink(missing_ok=True)
 
