@@ -82,3 +82,54 @@ def test_is_no_space_recognises_os_and_duckdb_errors():
     assert warehouse.is_no_space(OSError(errno.EDQUOT, "Disk quota exceeded"))
     assert warehouse.is_no_space(RuntimeError('IO Error: Could not write file "x": No space left on device'))
     assert not warehouse.is_no_space(OSError(errno.EACCES, "Permission denied"))
+
+
+CACHE_FILLER = """
+import os, resource, signal, sys
+import duckdb
+from test_summarizer import FakeSummarizer
+from test_warehouse import big_ads
+from unisid_pipeline import warehouse
+from unisid_pipeline.llm import SummaryCache, summarize_ads
+db = sys.argv[1]
+cache = SummaryCache(duckdb.connect(db))
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize(db) + 600_000, resource.RLIM_INFINITY))
+try:
+    summarize_ads(big_ads(), FakeSummarizer(), cache, chunk_size=500)
+except warehouse.DiskFullError as exc:
+    print(exc)
+    sys.exit(3)
+"""
+
+
+def big_ads():
+    """3000 distinct ads with ~450-byte summaries (FakeSummarizer echoes the description)."""
+    from test_summarizer import make_ads
+
+    return make_ads(3000).with_columns(description=pl.format("ad {} ", pl.col("ad_id")) + "x" * 400)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX")
+def test_summary_cache_running_out_of_room_keeps_committed_chunks(tmp_path):
+    """Summaries written chunk by chunk into a cache file that runs out of room: DiskFullError naming the file,
+    the chunks committed before it intact, and a later run (with room) completes from them."""
+    import duckdb
+
+    from test_summarizer import FakeSummarizer
+
+    from unisid_pipeline.llm import SummaryCache, summarize_ads
+
+    db = tmp_path / "cache.duckdb"
+    SummaryCache(duckdb.connect(str(db))).con.execute("CHECKPOINT").close()
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {here!r})\n" + CACHE_FILLER,
+                           str(db)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert proc.stdout.startswith(f"[Errno {errno.ENOSPC}] disk full while writing cache rows to {db} (")
+    cache = SummaryCache(duckdb.connect(str(db)))
+    committed = len(cache)
+    assert committed > 0 and committed % 500 == 0  # the chunks committed before the disk filled, whole
+    fake = FakeSummarizer()
+    out = summarize_ads(big_ads(), fake, cache, chunk_size=500)
+    assert fake.n_summarized == 3000 - committed and int(out["cached"].sum()) == committed
