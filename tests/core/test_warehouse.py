@@ -133,3 +133,29 @@ def test_summary_cache_running_out_of_room_keeps_committed_chunks(tmp_path):
     fake = FakeSummarizer()
     out = summarize_ads(big_ads(), fake, cache, chunk_size=500)
     assert fake.n_summarized == 3000 - committed and int(out["cached"].sum()) == committed
+
+
+def test_training_checkpoint_hitting_enospc_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import torch
+
+    from test_unisid import labels_of, make_ads, train_cfg
+    from unisid_pipeline.unisid import train_unisid
+    from unisid_pipeline.unisid import train as unisid_train
+
+    ads = make_ads(per_leaf=2)
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if obj["step"] == 2:  # the disk fills up while the second checkpoint is written
+            with open(f, "wb") as fh:
+                fh.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(unisid_train.torch, "save", save)
+    with pytest.raises(DiskFullError, match=r"disk full while writing a training checkpoint to .*unisid_train_latest\.pt"):
+        train_unisid(train_cfg(max_steps=3, batch_size=4, checkpoint_every=1), ads, None, labels_of(ads), seed=0,
+                     device="cpu", checkpoint_dir=tmp_path)
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["unisid_train_latest.pt"]  # no temp file left
+    assert torch.load(tmp_path / "unisid_train_latest.pt", weights_only=False)["step"] == 1  # the previous one, whole

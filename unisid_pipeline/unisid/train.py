@@ -24,6 +24,7 @@ import polars as pl
 import torch
 
 from unisid_pipeline.processes import pid_alive
+from unisid_pipeline.warehouse import disk_full_error, is_no_space
 from unisid_pipeline.seeding import resolve_device, seed_everything
 from unisid_pipeline.unisid.config import UniSIDTrainConfig
 from unisid_pipeline.unisid.inputs import (
@@ -104,8 +105,14 @@ def _fingerprint(ads: pl.DataFrame, texts: list[str] | None, labels: np.ndarray)
 def _atomic_save(obj: Any, path: Path) -> None:
     """Write to `<name>.tmp<pid>`, then rename: a run killed mid-write leaves the previous checkpoint whole."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if is_no_space(exc):
+            raise disk_full_error(path, "a training checkpoint", exc) from exc
+        raise
 
 
 def _remove_dead_temps(path: Path) -> None:
