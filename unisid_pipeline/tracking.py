@@ -60,6 +60,25 @@ def check_tracking_uri(uri: str) -> None:
         ) from exc
 
 
+@contextlib.contextmanager
+def fluent_tracking_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (log_model, register_model, load_model) at `uri` for the block.
+
+    `mlflow.set_tracking_uri` also writes MLFLOW_TRACKING_URI into os.environ, where it outlived the
+    call: the next run in the same process (another project home, a test) then tracked into this store.
+    The variable is restored on exit.
+    """
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def ensure_experiment(uri: str, name: str, artifact_root: Path | None) -> str:
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(name)
@@ -157,22 +176,22 @@ def open_run(
 ) -> Iterator[TrackedRun]:
     """One MLflow run: created, tagged, params logged; FINISHED on success, FAILED on error."""
     check_tracking_uri(tracking_uri)
-    mlflow.set_tracking_uri(tracking_uri)
-    exp_id = ensure_experiment(tracking_uri, experiment, artifact_root)
-    client = MlflowClient(tracking_uri=tracking_uri)
-    mark_killed_runs(client, exp_id)
-    owner = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
-    run = client.create_run(exp_id, run_name=run_name, tags={**{k: str(v) for k, v in tags.items()}, **owner})
-    tracked = TrackedRun(run_id=run.info.run_id, experiment_id=exp_id, tracking_uri=tracking_uri)
-    try:
-        if params:
-            tracked.log_params(params)
-        yield tracked
-    except BaseException:
-        client.set_terminated(run.info.run_id, status="FAILED")
-        raise
-    else:
-        client.set_terminated(run.info.run_id, status="FINISHED")
+    with fluent_tracking_uri(tracking_uri):
+        exp_id = ensure_experiment(tracking_uri, experiment, artifact_root)
+        client = MlflowClient(tracking_uri=tracking_uri)
+        mark_killed_runs(client, exp_id)
+        owner = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+        run = client.create_run(exp_id, run_name=run_name, tags={**{k: str(v) for k, v in tags.items()}, **owner})
+        tracked = TrackedRun(run_id=run.info.run_id, experiment_id=exp_id, tracking_uri=tracking_uri)
+        try:
+            if params:
+                tracked.log_params(params)
+            yield tracked
+        except BaseException:
+            client.set_terminated(run.info.run_id, status="FAILED")
+            raise
+        else:
+            client.set_terminated(run.info.run_id, status="FINISHED")
 
 
 def mark_killed_runs(client: MlflowClient, experiment_id: str) -> list[str]:
@@ -229,5 +248,5 @@ def load_registered_model(tracking_uri: str, model_uri: str) -> Any:
     """Load a registered torch model, e.g. `models:/rq_kmeans_tokenizer/1` or `models:/unisid_tokenizer@champion`."""
     import mlflow.pytorch
 
-    mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.pytorch.load_model(model_uri, map_location="cpu")
+    with fluent_tracking_uri(tracking_uri):
+        return mlflow.pytorch.load_model(model_uri, map_location="cpu")
