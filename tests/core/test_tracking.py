@@ -10,6 +10,6 @@ def test_a_run_does_not_leave_its_tracking_uri_in_the_environment(tmp_path, monk
         assert run.run_id
     assert "MLFLOW_TRACKING_URI" not in os.environ  # the next run's default store is still its own home
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///chosen-by-the-user.db")
-    with open_run(f"sqlite:///{tmp_path / 'b.db'}", "exp", "b", {}):
+    with open_run(f"sqlite:///{tmp_path / 'a.db'}", "exp", "b", {}):
         pass
     assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///chosen-by-the-user.db"
