@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from unisid_pipeline.embeddings import TextEncoderConfig
+from unisid_pipeline.llm import SummarizerConfig
 from unisid_pipeline.models.rq import RQKMeansConfig, RQVAEConfig, fit_rq_kmeans, train_rq_vae
 from unisid_pipeline.recommender import RecommenderConfig, train_recommender
 from unisid_pipeline.unisid import UniSIDConfig, train_unisid
@@ -18,6 +20,9 @@ SMALL_VAE = dict(n_levels=2, codebook_size=4, latent_dim=4, hidden_dims=(8,), ep
     (RQVAEConfig, {"n_levels": 0}, "n_levels must be an int >= 1, got 0"),
     (RQVAEConfig, {"codebook_size": 1}, "codebook_size must be an int >= 2, got 1"),
     (RQVAEConfig, {"batch_size": 0}, "batch_size must be an int >= 1, got 0"),
+    (RecommenderConfig, {"device": "tpu"}, "RecommenderConfig.device: unknown device 'tpu': use 'cpu', 'cuda'"),
+    (SummarizerConfig, {"device": "gpu0"}, "SummarizerConfig.device: unknown device 'gpu0'"),
+    (TextEncoderConfig, {"device": "cuda;0"}, "TextEncoderConfig.device: unknown device 'cuda;0'"),
 ])
 def test_impossible_core_configs_fail_naming_the_field(cls, kwargs, message):
     with pytest.raises(ValueError, match=message):
