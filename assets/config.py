@@ -4,6 +4,7 @@ A test checks that every mirror has exactly the fields (and defaults) of its cor
 """
 
 import dataclasses
+import inspect
 import types
 import typing
 from typing import Any, Literal, TypeVar
@@ -140,6 +141,16 @@ def check_config(cfg: Config, where: str) -> None:
             to_core(cfg, CORE_OF[type(cfg)])
         except ValueError as exc:
             raise ValueError(f"invalid run config {where}: {exc}") from None
+
+
+def op_config_classes(assets_defs: list[Any]) -> dict[str, type[Config]]:
+    """op name -> the Config class of its `config` argument, for the given asset definitions."""
+    out = {}
+    for a in assets_defs:
+        param = inspect.signature(a.op.compute_fn.decorated_fn).parameters.get("config")
+        if param is not None and isinstance(param.annotation, type):
+            out[a.op.name] = param.annotation
+    return out
 
 
 def check_run_config(run_config: dict[str, Any], op_configs: dict[str, type[Config]]) -> None:

@@ -1,9 +1,6 @@
 """Build the Dagster Definitions (resources bound to one project home)."""
 from __future__ import annotations
 
-import functools
-import inspect
-
 from dagster import Definitions, define_asset_job, in_process_executor
 
 from assets import analysis, ingestion, labels, recommender, text, tokenizers, unisid
@@ -13,17 +10,6 @@ from assets.resources import MlflowTracking, ProjectHome, WarehouseIOManager
 ALL_ASSETS = [*ingestion.ASSETS, *text.ASSETS, *labels.ASSETS, *tokenizers.ASSETS, *unisid.ASSETS,
               *analysis.ASSETS, *recommender.ASSETS]
 ALL_CHECKS = [*ingestion.CHECKS, *analysis.CHECKS]
-
-
-@functools.cache
-def op_config_classes() -> dict[str, type]:
-    """op name -> the Config class of its `config` argument (checked at launch by MlflowTracking)."""
-    out = {}
-    for a in ALL_ASSETS:
-        param = inspect.signature(a.op.compute_fn.decorated_fn).parameters.get("config")
-        if param is not None and isinstance(param.annotation, type):
-            out[a.op.name] = param.annotation
-    return out
 
 
 def build_definitions(home: str = "", tracking_uri: str = "") -> Definitions:

@@ -10,7 +10,7 @@ from typing import Any
 import polars as pl
 from dagster import ConfigurableIOManager, ConfigurableResource, InitResourceContext, InputContext, OutputContext
 
-from assets.config import check_run_config
+from assets.config import check_run_config, op_config_classes
 from unisid_pipeline import paths, warehouse
 from unisid_pipeline.tracking import TrackedRun, check_tracking_uri, open_run
 
@@ -90,9 +90,9 @@ class MlflowTracking(ConfigurableResource):
         is valid, and the tracking server answers. A bad value or a dead server fails the launch, not step 9."""
         run = context.dagster_run
         if run is not None and run.run_config:
-            from assets.definitions import op_config_classes
+            from assets.definitions import ALL_ASSETS  # the module that imports this one
 
-            check_run_config(run.run_config, op_config_classes())
+            check_run_config(run.run_config, op_config_classes(ALL_ASSETS))
         check_tracking_uri(self.resolved_uri())
 
     @contextlib.contextmanager

@@ -19,6 +19,8 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from unisid_pipeline.processes import pid_alive
+
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HOLDER = re.compile(r"Conflicting lock is held in (.*?)(?:\. See|$)", re.S)
 
@@ -147,6 +149,17 @@ def list_tables(path: Path) -> list[str]:
     with connect(path, read_only=True) as con:
         return [r[0] for r in con.execute(
             "SELECT table_name FROM information_schema.tables ORDER BY table_name").fetchall()]
+
+
+def remove_dead_temps(path: Path) -> list[Path]:
+    """Delete `<name>.tmp<pid>` files beside `path` left by processes that were killed while writing them."""
+    removed = []
+    for tmp in Path(path).parent.glob(Path(path).name + ".tmp*"):
+        pid = tmp.name[len(Path(path).name) + 4:]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def atomic_write_bytes(target: Path, data: bytes) -> None:

@@ -23,8 +23,6 @@ import numpy as np
 import polars as pl
 import torch
 
-from unisid_pipeline.processes import pid_alive
-from unisid_pipeline.warehouse import disk_full_error, is_no_space
 from unisid_pipeline.seeding import resolve_device, seed_everything
 from unisid_pipeline.unisid.config import UniSIDTrainConfig
 from unisid_pipeline.unisid.inputs import (
@@ -32,6 +30,7 @@ from unisid_pipeline.unisid.inputs import (
 )
 from unisid_pipeline.unisid.losses import LOSS_KEYS, UniSIDObjective
 from unisid_pipeline.unisid.model import UniSIDModel
+from unisid_pipeline.warehouse import disk_full_error, is_no_space, remove_dead_temps
 
 logger = logging.getLogger(__name__)
 
@@ -113,16 +112,6 @@ def _atomic_save(obj: Any, path: Path) -> None:
         if is_no_space(exc):
             raise disk_full_error(path, "a training checkpoint", exc) from exc
         raise
-
-
-def _remove_dead_temps(path: Path) -> None:
-    """Delete `<name>.tmp<pid>` files left by runs that were killed while writing (their pid is gone)."""
-    for tmp in path.parent.glob(path.name + ".tmp*"):
-        pid = tmp.name[len(path.name) + 4:]
-        if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
-            continue  # ours, or a live run's: not ours to delete
-        logger.info("removing %s, a half-written checkpoint of a killed run", tmp)
-        tmp.unlink(missing_ok=True)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -240,7 +229,8 @@ def train_unisid(
         checkpoint_dir = Path(checkpoint_dir)
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         ckpt_path = checkpoint_dir / CHECKPOINT_NAME
-        _remove_dead_temps(ckpt_path)
+        for tmp in remove_dead_temps(ckpt_path):
+            logger.info("removed %s, a half-written checkpoint of a killed run", tmp)
         if ckpt_path.exists():
             ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
             if ck.get("format") != TRAIN_CHECKPOINT_FORMAT:
