@@ -4,6 +4,7 @@ A test checks that every mirror has exactly the fields (and defaults) of its cor
 """
 
 import dataclasses
+import inspect
 import types
 import typing
 from typing import Any, Literal, TypeVar
@@ -72,7 +73,8 @@ def to_core(cfg: Config, core_cls: type[T]) -> T:
     return core_cls(**values)
 
 
-_MIRRORS: dict[type, type] = {}
+_MIRRORS: dict[type, type] = {}  # core dataclass -> its Dagster Config mirror
+CORE_OF: dict[type, type] = {Ingestion: IngestionConfig, SyntheticWorld: SyntheticWorldConfig}  # mirror -> core
 
 
 def _mirror_type(tp: Any) -> Any:
@@ -116,7 +118,56 @@ def mirror(core_cls: type, descriptions: dict[str, str] | None = None) -> type[C
             fields[f.name] = (tp, Field(default, description=desc))
     model = pydantic.create_model(core_cls.__name__ + "Config", __base__=Config, __doc__=core_cls.__doc__, **fields)
     _MIRRORS[core_cls] = model
+    CORE_OF[model] = core_cls
     return model
+
+
+def check_config(cfg: Config, where: str) -> None:
+    """Validate a run config object now: build every mirrored core dataclass (its __post_init__ checks the
+    fields) and resolve every `device`; raise ValueError naming the config path and the field."""
+    from unisid_pipeline.seeding import resolve_device
+
+    for name in type(cfg).model_fields:  # nested configs first: the error names the innermost one
+        value = getattr(cfg, name)
+        if isinstance(value, Config):
+            check_config(value, f"{where}.{name}")
+        elif name == "device" and isinstance(value, str):
+            try:
+                resolve_device(value)
+            except ValueError as exc:
+                raise ValueError(f"invalid run config {where}.device: {exc}") from None
+    if type(cfg) in CORE_OF:
+        try:
+            to_core(cfg, CORE_OF[type(cfg)])
+        except ValueError as exc:
+            raise ValueError(f"invalid run config {where}: {exc}") from None
+
+
+def op_config_classes(assets_defs: list[Any]) -> dict[str, type[Config]]:
+    """op name -> the Config class of its `config` argument, for the given asset definitions."""
+    out = {}
+    for a in assets_defs:
+        param = inspect.signature(a.op.compute_fn.decorated_fn).parameters.get("config")
+        if param is not None and isinstance(param.annotation, type):
+            out[a.op.name] = param.annotation
+    return out
+
+
+def check_run_config(run_config: dict[str, Any], op_configs: dict[str, type[Config]]) -> None:
+    """Check the `ops` section of a run config at launch, before any step runs (see `check_config`).
+
+    op_configs: op name -> its Config class. Values Dagster's own schema check rejects (types, unknown
+    keys) never get here; this catches the impossible values: 0 levels, a codebook of 1, an unknown device.
+    """
+    for op, section in (run_config.get("ops") or {}).items():
+        cls = op_configs.get(op)
+        if cls is None or not isinstance(section, dict):
+            continue
+        try:
+            cfg = cls(**(section.get("config") or {}))
+        except pydantic.ValidationError as exc:
+            raise ValueError(f"invalid run config ops.{op}.config: {exc}") from None
+        check_config(cfg, f"ops.{op}.config")
 
 
 def _plain(obj: Any) -> dict[str, Any]:

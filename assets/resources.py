@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, OutputContext
+from dagster import ConfigurableIOManager, ConfigurableResource, InitResourceContext, InputContext, OutputContext
 
+from assets.config import check_run_config, op_config_classes
 from unisid_pipeline import paths, warehouse
-from unisid_pipeline.tracking import TrackedRun, open_run
+from unisid_pipeline.tracking import TrackedRun, check_tracking_uri, open_run
 
 
 class ProjectHome(ConfigurableResource):
@@ -33,6 +34,7 @@ class WarehouseIOManager(ConfigurableIOManager):
     """polars DataFrames -> DuckDB tables (atomic replace); anything else -> atomic pickle files."""
 
     home: str = ""
+    lock_timeout_s: float = warehouse.DEFAULT_LOCK_TIMEOUT_S  # wait this long for another process's lock, then fail
 
     def _db(self) -> Path:
         return paths.warehouse_path(paths.project_home(self.home or None))
@@ -46,7 +48,7 @@ class WarehouseIOManager(ConfigurableIOManager):
         key = list(context.asset_key.path)
         name = warehouse.table_name(key)
         if isinstance(obj, pl.DataFrame):
-            warehouse.write_table(self._db(), name, obj)
+            warehouse.write_table(self._db(), name, obj, lock_timeout_s=self.lock_timeout_s)
             self._obj(key).unlink(missing_ok=True)
             context.add_output_metadata({"duckdb_table": f"{self._db()}::{name}"})
         else:
@@ -60,7 +62,7 @@ class WarehouseIOManager(ConfigurableIOManager):
         if obj_path.exists():
             return warehouse.read_object(obj_path)
         try:
-            return warehouse.read_table(self._db(), name)
+            return warehouse.read_table(self._db(), name, lock_timeout_s=self.lock_timeout_s)
         except KeyError:
             raise FileNotFoundError(
                 f"asset {'/'.join(key)} has not been materialized in {self._db().parent}; "
@@ -82,6 +84,16 @@ class MlflowTracking(ConfigurableResource):
 
     def resolved_uri(self) -> str:
         return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or paths.mlflow_uri(paths.project_home(self.home or None))
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        """At run start, before any step (every tracked asset holds this resource): the run config of every op
+        is valid, and the tracking server answers. A bad value or a dead server fails the launch, not step 9."""
+        run = context.dagster_run
+        if run is not None and run.run_config:
+            from assets.definitions import ALL_ASSETS  # the module that imports this one
+
+            check_run_config(run.run_config, op_config_classes(ALL_ASSETS))
+        check_tracking_uri(self.resolved_uri())
 
     @contextlib.contextmanager
     def run_for(self, context, params: dict[str, Any] | None = None) -> Iterator[TrackedRun]:

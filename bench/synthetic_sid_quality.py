@@ -128,7 +128,7 @@ def run_rq_kmeans(data: Data, seed: int, x: np.ndarray | None = None) -> dict[st
 
 def run_rq_vae(data: Data, seed: int, epochs: int) -> dict[str, float]:
     t0 = time.perf_counter()
-    tok, _ = train_rq_vae(RQVAEConfig(epochs=epochs), data.x, seed, "cpu")
+    tok, _ = train_rq_vae(RQVAEConfig(epochs=epochs, batch_size=min(1024, len(data.x))), data.x, seed, "cpu")
     train_s = time.perf_counter() - t0
     return {**report(data, tok.encode(data.x), "rq_vae"), "train_s": train_s}
 

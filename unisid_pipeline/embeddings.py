@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from unisid_pipeline.llm.cache import connect, local_model_id, run_in_transaction
-from unisid_pipeline.seeding import resolve_device
+from unisid_pipeline.seeding import check_device_name, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class TextEncoderConfig:
             raise ValueError(f"TextEncoderConfig.batch_size must be >= 1, got {self.batch_size}")
         if self.max_length < 2:
             raise ValueError(f"TextEncoderConfig.max_length must be >= 2 (room for [CLS] and [SEP]), got {self.max_length}")
+        check_device_name(self.device, "TextEncoderConfig.device")
 
 
 class TextEncoder:

@@ -29,6 +29,24 @@ def seed_everything(seed: int) -> torch.Generator:
     return gen
 
 
+DEVICE_HINT = "use 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'"
+
+
+def check_device_name(device: object, field: str = "device") -> None:
+    """Fail unless `device` names a device kind this project runs on (availability is checked at use time by
+    `resolve_device`, so a config written on a laptop can still name the GPU of the training machine)."""
+    if not isinstance(device, str) or not device:
+        raise ValueError(f"{field} must be a string such as 'cpu' or 'cuda:0', got {device!r}")
+    if device == "auto":
+        return
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        kind = None
+    if kind not in {"cpu", "cuda", "mps"}:
+        raise ValueError(f"{field}: unknown device {device!r}: {DEVICE_HINT}")
+
+
 def resolve_device(device: str) -> torch.device:
     """Turn a config string into a torch.device, failing clearly if it cannot be used.
 

@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -19,9 +20,12 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from unisid_pipeline.processes import pid_alive
+
 log = logging.getLogger(__name__)
 
 MAX_PARAM_CHARS = 6000
+HOST_TAG, PID_TAG = "unisid.host", "unisid.pid"  # who runs an MLflow run, to tell a killed run from a live one
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
@@ -54,6 +58,25 @@ def check_tracking_uri(uri: str) -> None:
             f"MLflow tracking server {uri} is unreachable ({exc}). Start it, fix MLFLOW_TRACKING_URI, "
             "or unset it to track locally under the project home."
         ) from exc
+
+
+@contextlib.contextmanager
+def fluent_tracking_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (log_model, register_model, load_model) at `uri` for the block.
+
+    `mlflow.set_tracking_uri` also writes MLFLOW_TRACKING_URI into os.environ, where it outlived the
+    call: the next run in the same process (another project home, a test) then tracked into this store.
+    The variable is restored on exit.
+    """
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 def ensure_experiment(uri: str, name: str, artifact_root: Path | None) -> str:
@@ -153,20 +176,45 @@ def open_run(
 ) -> Iterator[TrackedRun]:
     """One MLflow run: created, tagged, params logged; FINISHED on success, FAILED on error."""
     check_tracking_uri(tracking_uri)
-    mlflow.set_tracking_uri(tracking_uri)
-    exp_id = ensure_experiment(tracking_uri, experiment, artifact_root)
-    client = MlflowClient(tracking_uri=tracking_uri)
-    run = client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
-    tracked = TrackedRun(run_id=run.info.run_id, experiment_id=exp_id, tracking_uri=tracking_uri)
+    with fluent_tracking_uri(tracking_uri):
+        exp_id = ensure_experiment(tracking_uri, experiment, artifact_root)
+        client = MlflowClient(tracking_uri=tracking_uri)
+        mark_killed_runs(client, exp_id)
+        owner = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+        run = client.create_run(exp_id, run_name=run_name, tags={**{k: str(v) for k, v in tags.items()}, **owner})
+        tracked = TrackedRun(run_id=run.info.run_id, experiment_id=exp_id, tracking_uri=tracking_uri)
+        try:
+            if params:
+                tracked.log_params(params)
+            yield tracked
+        except BaseException:
+            client.set_terminated(run.info.run_id, status="FAILED")
+            raise
+        else:
+            client.set_terminated(run.info.run_id, status="FINISHED")
+
+
+def mark_killed_runs(client: MlflowClient, experiment_id: str) -> list[str]:
+    """Set status KILLED on RUNNING runs started on this host by a process that no longer exists.
+
+    A materialization killed by SIGKILL never ends its MLflow run; left alone it would look in progress
+    forever. Returns the ids of the runs marked.
+    """
+    host = socket.gethostname().replace("'", "")
     try:
-        if params:
-            tracked.log_params(params)
-        yield tracked
-    except BaseException:
-        client.set_terminated(run.info.run_id, status="FAILED")
-        raise
-    else:
-        client.set_terminated(run.info.run_id, status="FINISHED")
+        runs = client.search_runs([experiment_id], f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'")
+    except mlflow.exceptions.MlflowException:
+        return []
+    marked = []
+    for r in runs:
+        pid = r.data.tags.get(PID_TAG, "")
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            client.set_tag(r.info.run_id, "unisid.killed", f"process {pid} on {host} ended without finishing the run")
+            client.set_terminated(r.info.run_id, status="KILLED")
+            marked.append(r.info.run_id)
+    if marked:
+        log.warning("marked %d MLflow run(s) of killed processes as KILLED: %s", len(marked), marked)
+    return marked
 
 
 def register_if_changed(run: TrackedRun, model: Any, name: str, registered_model_name: str, fingerprint: str,
@@ -200,5 +248,5 @@ def load_registered_model(tracking_uri: str, model_uri: str) -> Any:
     """Load a registered torch model, e.g. `models:/rq_kmeans_tokenizer/1` or `models:/unisid_tokenizer@champion`."""
     import mlflow.pytorch
 
-    mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.pytorch.load_model(model_uri, map_location="cpu")
+    with fluent_tracking_uri(tracking_uri):
+        return mlflow.pytorch.load_model(model_uri, map_location="cpu")

@@ -6,9 +6,11 @@ Used by the Dagster IO manager and directly by notebooks, benchmarks and tests.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pickle
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -16,6 +18,8 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
+
+from unisid_pipeline.processes import pid_alive
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HOLDER = re.compile(r"Conflicting lock is held in (.*?)(?:\. See|$)", re.S)
@@ -25,6 +29,32 @@ class WarehouseLockedError(RuntimeError):
     """The DuckDB file is held by another process."""
 
 
+class DiskFullError(OSError):
+    """No room left to write under the project home; what was being replaced is still intact."""
+
+
+DEFAULT_LOCK_TIMEOUT_S = 20.0
+_NO_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_NO_SPACE_TEXT = ("no space left on device", "disk quota exceeded", "file too large")
+
+
+def is_no_space(exc: BaseException) -> bool:
+    """True for "disk full", "quota exceeded" and "file too large" errors (OSError errno or DuckDB's message)."""
+    if isinstance(exc, OSError) and exc.errno in _NO_SPACE_ERRNOS:
+        return True
+    return any(t in str(exc).lower() for t in _NO_SPACE_TEXT)
+
+
+def disk_full_error(path: Path, what: str, exc: BaseException) -> DiskFullError:
+    """The error to raise when writing `what` to `path` ran out of space: where, how much is free, what to do."""
+    try:
+        free = f"{shutil.disk_usage(Path(path).parent).free / 1e6:,.1f} MB free there"
+    except OSError:
+        free = "free space unknown"
+    return DiskFullError(errno.ENOSPC, f"disk full while writing {what} to {path} ({free}; {exc}). The previous "
+                         "version is intact: free some space or point UNISID_HOME at a bigger disk, then re-run")
+
+
 def table_name(parts: list[str] | tuple[str, ...]) -> str:
     name = "__".join(parts)
     if not _IDENT.match(name):
@@ -32,9 +62,10 @@ def table_name(parts: list[str] | tuple[str, ...]) -> str:
     return name
 
 
-@contextlib.contextmanager
-def connect(path: Path, read_only: bool = False, lock_timeout_s: float = 20.0) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open the warehouse, retrying while another process holds the lock, then failing clearly."""
+def open_connection(path: Path, read_only: bool = False,
+                    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> duckdb.DuckDBPyConnection:
+    """Open a DuckDB file, retrying while another process holds its lock, then raising WarehouseLockedError
+    naming the holder (program and PID, as DuckDB reports it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + lock_timeout_s
@@ -50,46 +81,65 @@ def connect(path: Path, read_only: bool = False, lock_timeout_s: float = 20.0) -
                 m = _HOLDER.search(msg)
                 holder = m.group(1).strip() if m else "another process"
                 raise WarehouseLockedError(
-                    f"DuckDB warehouse {path} is locked by {holder}. Stop that process (a notebook, a "
+                    f"DuckDB file {path} is locked by {holder}. Stop that process (a notebook, a "
                     f"second dagster run, the duckdb CLI) or wait for it to finish, then re-run."
                 ) from exc
-            time.sleep(0.5)
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+    return con
+
+
+@contextlib.contextmanager
+def connect(path: Path, read_only: bool = False,
+            lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open the warehouse (see `open_connection`) for the duration of a `with` block."""
+    con = open_connection(path, read_only, lock_timeout_s)
     try:
         yield con
     finally:
         con.close()
 
 
-def write_table(path: Path, name: str, frame: pl.DataFrame) -> None:
-    """Replace table `name` with `frame` in one transaction: readers see the old or the new table, never half."""
+def write_table(path: Path, name: str, frame: pl.DataFrame, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> None:
+    """Replace table `name` with `frame` in one transaction: readers see the old or the new table, never half.
+
+    Raises WarehouseLockedError when another process holds the file, DiskFullError when the disk is full
+    (the old table is then intact).
+    """
     if not _IDENT.match(name):
         raise ValueError(f"invalid table name {name!r}")
     arrow = frame.to_arrow()
-    with connect(path) as con:
-        con.register("__incoming", arrow)
-        con.execute("BEGIN TRANSACTION")
-        try:
-            con.execute(f'CREATE OR REPLACE TABLE "{name}" AS SELECT * FROM __incoming')
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        finally:
-            con.unregister("__incoming")
+    try:
+        with connect(path, lock_timeout_s=lock_timeout_s) as con:
+            con.register("__incoming", arrow)
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute(f'CREATE OR REPLACE TABLE "{name}" AS SELECT * FROM __incoming')
+                con.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(duckdb.Error):  # a failed write may already have ended the transaction
+                    con.execute("ROLLBACK")
+                raise
+            finally:
+                with contextlib.suppress(duckdb.Error):
+                    con.unregister("__incoming")
+    except (duckdb.Error, OSError) as exc:
+        if is_no_space(exc):
+            raise disk_full_error(Path(path), f"table {name!r}", exc) from exc
+        raise
 
 
-def has_table(path: Path, name: str) -> bool:
+def has_table(path: Path, name: str, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> bool:
     if not Path(path).exists():
         return False
-    with connect(path, read_only=True) as con:
+    with connect(path, read_only=True, lock_timeout_s=lock_timeout_s) as con:
         return bool(con.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchone()[0])
 
 
-def read_table(path: Path, name: str) -> pl.DataFrame:
-    if not has_table(path, name):
+def read_table(path: Path, name: str, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> pl.DataFrame:
+    if not has_table(path, name, lock_timeout_s):
         raise KeyError(f"table {name!r} not found in {path}; materialize the asset {name!r} first")
-    with connect(path, read_only=True) as con:
+    with connect(path, read_only=True, lock_timeout_s=lock_timeout_s) as con:
         return con.execute(f'SELECT * FROM "{name}"').pl()
 
 
@@ -99,6 +149,17 @@ def list_tables(path: Path) -> list[str]:
     with connect(path, read_only=True) as con:
         return [r[0] for r in con.execute(
             "SELECT table_name FROM information_schema.tables ORDER BY table_name").fetchall()]
+
+
+def remove_dead_temps(path: Path) -> list[Path]:
+    """Delete `<name>.tmp<pid>` files beside `path` left by processes that were killed while writing them."""
+    removed = []
+    for tmp in Path(path).parent.glob(Path(path).name + ".tmp*"):
+        pid = tmp.name[len(Path(path).name) + 4:]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def atomic_write_bytes(target: Path, data: bytes) -> None:
@@ -111,9 +172,11 @@ def atomic_write_bytes(target: Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and is_no_space(exc):
+            raise disk_full_error(target, "an object", exc) from exc
         raise
 
 

@@ -68,7 +68,7 @@ def test_jsonl_bad_lines_and_types(tmp_path):
     assert "invalid JSON" in reasons[2]
     assert "expected a JSON object" in reasons[3]
     assert "expected 2" in reasons[4]
-    assert "JSON list of numbers" in reasons[6]
+    assert "JSON list of finite numbers" in reasons[6]
     assert "non-UTF-8" in reasons[7]
 
 

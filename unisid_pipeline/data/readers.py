@@ -7,6 +7,7 @@ required columns) raises `InputFileError` naming the file, the line and the fix.
 """
 from __future__ import annotations
 
+import collections
 import csv
 import json
 import sys
@@ -90,12 +91,42 @@ def _frame(records: list[dict], columns: list[str]) -> pl.DataFrame:
     return pl.DataFrame(records, schema=schema, orient="row") if records else pl.DataFrame(schema=schema)
 
 
+class _LineFeed:
+    """Feeds csv.reader one physical line at a time, remembering the lines of the record being parsed.
+
+    Lines can be pushed back (`requeue`), so after a broken record the lines it swallowed are parsed again.
+    """
+
+    def __init__(self, lines):
+        self._lines = iter(lines)
+        self._pending: collections.deque[str] = collections.deque()
+        self.record: list[str] = []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        line = self._pending.popleft() if self._pending else next(self._lines)
+        self.record.append(line)
+        return line
+
+    def requeue(self, lines: list[str]) -> None:
+        self._pending.extendleft(reversed(lines))
+
+
 def _read_csv(path: Path, delimiter: str) -> ParsedFile:
+    """Strict quoting: a record whose quotes are broken is rejected with its line; parsing goes on after it.
+
+    A quote that opens and does not close on its line would otherwise swallow the following lines
+    (Python's lenient csv mode reads the rest of the file into one field): that line is rejected and
+    the lines after it are parsed again, so no line is lost.
+    """
     source = str(path)
     rows: list[dict] = []
     rejected: list[dict] = []
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
-        reader = csv.reader(fh, delimiter=delimiter)
+        feed = _LineFeed(fh)
+        reader = csv.reader(feed, delimiter=delimiter, strict=True)
         try:
             header = next(reader)
         except StopIteration:  # pragma: no cover - size > 0 but nothing parsed
@@ -108,19 +139,29 @@ def _read_csv(path: Path, delimiter: str) -> ParsedFile:
         dupes = sorted({h for h in header if header.count(h) > 1})
         if dupes:
             raise InputFileError(path, 1, f"duplicate column name(s) {dupes}", "give every column a unique name")
-        prev_line = 1
+        next_line = 1 + len(feed.record)
         while True:
+            feed.record = []
+            line = next_line
             try:
                 values = next(reader)
             except StopIteration:
                 break
             except csv.Error as exc:
-                raise InputFileError(
-                    path, reader.line_num, f"CSV syntax error ({exc})",
-                    "fix the quoting on that line (a quote inside a field must be doubled)",
-                ) from exc
-            line = prev_line + 1
-            prev_line = reader.line_num
+                consumed = feed.record
+                raw_text = _printable(consumed[0].rstrip("\r\n")) if consumed else ""
+                if len(consumed) > 1 or "end of data" in str(exc):
+                    # A quote opened on `line` and did not close there: the record ran into the next lines.
+                    # Reject that one line and parse the lines it swallowed again.
+                    rejected.append(_reject(source, line, "*", "unterminated quoted field (a quote opens on this line "
+                                            "and does not close on it); close the quote or double it (\"\")", raw_text))
+                    feed.requeue(consumed[1:])
+                else:
+                    rejected.append(_reject(source, line, "*", f"CSV quoting error ({exc}); a field with a quote "
+                                            "must be wholly quoted and inner quotes doubled (\"\")", raw_text))
+                next_line = line + 1
+                continue
+            next_line = line + len(feed.record)
             if not values:
                 continue  # blank line
             raw_text = _printable(delimiter.join(values))
@@ -159,7 +200,7 @@ def _read_jsonl(path: Path) -> ParsedFile:
             if not raw.strip():
                 continue
             try:
-                text = raw.decode("utf-8")
+                text = raw.decode("utf-8").rstrip("\r\n")  # so an error column is on this line
             except UnicodeDecodeError as exc:
                 rejected.append(_reject(source, line_no, "*", f"non-UTF-8 bytes at byte {exc.start}; re-save the file as UTF-8",
                                         raw.decode("utf-8", errors="replace").rstrip("\r\n")))
@@ -169,6 +210,10 @@ def _read_jsonl(path: Path) -> ParsedFile:
             except json.JSONDecodeError as exc:
                 rejected.append(_reject(source, line_no, "*", f"invalid JSON ({exc.msg} at column {exc.colno}); "
                                         "each line must be one JSON object", text.rstrip("\r\n")))
+                continue
+            except RecursionError:
+                rejected.append(_reject(source, line_no, "*", "JSON nested too deeply to parse; "
+                                        "each line must be one flat JSON object", text.rstrip("\r\n")[:1000]))
                 continue
             if not isinstance(obj, dict):
                 rejected.append(_reject(source, line_no, "*", f"expected a JSON object, got {type(obj).__name__}",

@@ -8,6 +8,7 @@ Everything is vectorised with polars; rows are never dropped without a reason.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -39,9 +40,14 @@ class ValidationResult:
 def _parse_vector(text: str | None) -> list[float] | None:
     if text is None:
         return None
-    value = json.loads(text)
+    try:
+        value = json.loads(text)
+    except RecursionError as exc:
+        raise ValueError("nested too deeply") from exc
     if not isinstance(value, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
         raise ValueError("not a list of numbers")
+    if not all(math.isfinite(x) for x in value):
+        raise ValueError("not finite")
     return [float(x) for x in value]
 
 
@@ -75,7 +81,7 @@ def _coerce(frame: pl.DataFrame, schema: dict[str, pl.DataType]) -> tuple[pl.Dat
                 frame = frame.with_columns(pl.Series(f"__{name}", ok, dtype=pl.List(pl.Float64)), bad.alias(f"__{name}_bad"))
                 typed[name] = pl.col(f"__{name}").cast(dtype)
                 errors[name] = pl.when(pl.col(f"__{name}_bad")).then(
-                    pl.lit(f"{name} is not a JSON list of numbers; write it like [0.1, 0.2]"))
+                    pl.lit(f"{name} is not a JSON list of finite numbers (NaN and Infinity are not allowed); write it like [0.1, 0.2]"))
             else:
                 cast = col.cast(dtype, strict=False)
                 typed[name] = cast
@@ -89,10 +95,17 @@ def _coerce(frame: pl.DataFrame, schema: dict[str, pl.DataType]) -> tuple[pl.Dat
             continue
         typed[name] = cast
         kind = "an integer" if dtype.is_integer() else "a number" if dtype.is_numeric() else str(dtype)
+        failed = cast.is_null()
+        if dtype.is_integer() and src.is_float():
+            failed = failed | (cast.cast(src) != col)  # a float cast to an integer truncates: 2.5 would become 2
+        if dtype.is_numeric() and src == pl.Boolean:
+            failed = pl.lit(True)  # true/false is not a number
         errors[name] = (
-            pl.when(col.is_not_null() & cast.is_null())
+            pl.when(col.is_not_null() & failed)
             .then(pl.format(f"{name} {{}} is not {kind}", col.cast(pl.Utf8).str.slice(0, 40)))
         )
+        if dtype.is_numeric() and src == pl.Boolean:
+            typed[name] = pl.lit(None, dtype=dtype)
     out = frame.select(
         pl.col("_line"),
         *[c for c in frame.columns if c != "_line" and c not in schema and not c.startswith("__")],
@@ -154,8 +167,11 @@ def validate_ads(
         n_chars = pl.col(f).str.len_chars()
         checks.append((f, pl.when(n_chars > max_text_chars).then(
             pl.format(f"{f} has {{}} characters (limit {max_text_chars}); shorten it or raise max_text_chars", n_chars))))
-    checks.append(("price", pl.when(pl.col("price").is_nan() | (pl.col("price") < 0)).then(
-        pl.format("price {} is negative or NaN; use a price >= 0 or leave it empty", pl.col("price")))))
+    checks.append(("price", pl.when(~pl.col("price").is_finite() | (pl.col("price") < 0)).then(
+        pl.format("price {} is negative or not a finite number; use a price >= 0 or leave it empty", pl.col("price")))))
+    checks.append(("image_features", pl.when(
+        pl.col("image_features").list.eval(~pl.element().is_finite().fill_null(False)).list.any()).then(
+        pl.lit("image_features has NaN, infinite or missing values; every value must be a finite number"))))
     lengths = typed.select(pl.col("image_features").list.len()).to_series().drop_nulls()
     if lengths.len():
         expected = int(lengths.mode().sort()[-1])

@@ -7,6 +7,7 @@ model folder or GGUF file (shared with the embedding cache).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import Iterable, Mapping
@@ -16,6 +17,8 @@ from typing import Any
 
 import duckdb
 import polars as pl
+
+from unisid_pipeline.warehouse import disk_full_error, is_no_space, open_connection
 
 logger = logging.getLogger(__name__)
 
@@ -50,22 +53,39 @@ def connect(con: duckdb.DuckDBPyConnection | str | Path) -> duckdb.DuckDBPyConne
         return con
     if isinstance(con, (str, Path)):
         path = str(con)
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return duckdb.connect(path)
+        if path == ":memory:":
+            return duckdb.connect(path)
+        return open_connection(Path(path))  # lock retries, then an error naming the holder
     raise TypeError(f"expected a duckdb connection or a database path, got {type(con).__name__}")
 
 
 def run_in_transaction(con: duckdb.DuckDBPyConnection, fn) -> Any:
-    """Run `fn()` inside BEGIN/COMMIT; roll back and re-raise on any error (all or nothing)."""
-    con.execute("BEGIN TRANSACTION")
+    """Run `fn()` inside BEGIN/COMMIT; roll back and re-raise on any error (all or nothing).
+
+    A full disk raises `warehouse.DiskFullError` naming the database file (earlier commits stay intact).
+    """
     try:
-        result = fn()
-    except BaseException:
-        con.execute("ROLLBACK")
+        con.execute("BEGIN TRANSACTION")
+        try:
+            result = fn()
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):  # a failed write may already have ended the transaction
+                con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+    except (duckdb.Error, OSError) as exc:
+        if is_no_space(exc):
+            raise disk_full_error(_database_path(con), "cache rows", exc) from exc
         raise
-    con.execute("COMMIT")
     return result
+
+
+def _database_path(con: duckdb.DuckDBPyConnection) -> Path:
+    try:
+        row = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchone()
+    except duckdb.Error:
+        row = None
+    return Path(row[0] if row and row[0] else ":memory:")
 
 
 class SummaryCache:

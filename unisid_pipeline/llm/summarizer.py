@@ -31,7 +31,7 @@ import polars as pl
 
 from unisid_pipeline.llm import prompts as P
 from unisid_pipeline.llm.cache import SummaryCache, local_model_id
-from unisid_pipeline.seeding import resolve_device, seed_everything
+from unisid_pipeline.seeding import check_device_name, resolve_device, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -381,6 +381,7 @@ class SummarizerConfig:
             raise ValueError(f"SummarizerConfig.seed must be a non-negative int, got {self.seed!r}")
         if self.gguf_file is not None and self.model_dir is None and self.gguf_file != DEFAULT_GGUF_FILE:
             raise ValueError("SummarizerConfig.gguf_file needs model_dir (the folder holding the file)")
+        check_device_name(self.device, "SummarizerConfig.device")
 
 
 def prompt_version_for(few_shot: bool = True, postprocess: PostprocessConfig = PostprocessConfig()) -> str:

@@ -565,6 +565,9 @@ def _train_rq_vae(
     n = x.shape[0]
     if n < config.codebook_size:
         raise ValueError(f"need at least codebook_size={config.codebook_size} items, got {n}: lower codebook_size")
+    if config.batch_size > n:
+        raise ValueError(f"RQVAEConfig.batch_size={config.batch_size} is larger than the data ({n} items): "
+                         f"set batch_size to at most {n}")
     model = RQVAETokenizer(config, x.shape[1])  # built on the CPU: same initial weights on every device
     K, L = config.codebook_size, config.n_levels
     if not config.kmeans_init:

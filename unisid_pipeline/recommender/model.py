@@ -22,6 +22,7 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from unisid_pipeline.recommender.trie import SIDTrie
 from unisid_pipeline.recommender.vocab import EOS_ID, PAD_ID, SIDVocab
+from unisid_pipeline.seeding import check_device_name
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +114,7 @@ class RecommenderConfig:
             raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
-        if not isinstance(self.device, str) or not self.device:
-            raise ValueError(f"device must be a string such as 'cpu' or 'cuda', got {self.device!r}")
+        check_device_name(self.device, "RecommenderConfig.device")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

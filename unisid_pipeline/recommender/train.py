@@ -170,6 +170,9 @@ def _train_recommender(
     model = GenerativeRecommender.from_sids(config, sids)
     vocab = model.vocab
     train_ex = build_train_examples(sequences, vocab, config.max_history)
+    if config.batch_size > len(train_ex):
+        raise ValueError(f"RecommenderConfig.batch_size={config.batch_size} is larger than the data "
+                         f"({len(train_ex)} training examples): set batch_size to at most {len(train_ex)}")
     valid_ex = build_split_examples(sequences, vocab, config.max_history, "valid")
     if config.valid_max_users is not None and len(valid_ex) > config.valid_max_users:
         keep = np.sort(np.random.default_rng(seed).choice(len(valid_ex), config.valid_max_users, replace=False))

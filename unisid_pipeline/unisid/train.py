@@ -39,6 +39,7 @@ from unisid_pipeline.unisid.inputs import (
 )
 from unisid_pipeline.unisid.losses import LOSS_KEYS, UniSIDObjective
 from unisid_pipeline.unisid.model import UniSIDModel
+from unisid_pipeline.warehouse import disk_full_error, is_no_space, remove_dead_temps
 
 logger = logging.getLogger(__name__)
 
@@ -110,9 +111,16 @@ def _fingerprint(ads: pl.DataFrame, texts: list[str] | None, labels: np.ndarray)
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
+    """Write to `<name>.tmp<pid>`, then rename: a run killed mid-write leaves the previous checkpoint whole."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if is_no_space(exc):
+            raise disk_full_error(path, "a training checkpoint", exc) from exc
+        raise
 
 
 def _rng_state() -> dict[str, Any]:
@@ -152,6 +160,9 @@ def _validate(config: UniSIDTrainConfig, ads: pl.DataFrame, summaries: list[str]
     n = ads.height
     if n < 2:
         raise ValueError("train_unisid needs at least 2 ads (contrastive losses need negatives)")
+    if config.batch_size > n:
+        raise ValueError(f"UniSIDTrainConfig.batch_size={config.batch_size} is larger than the data ({n} ads): "
+                         f"set batch_size to at most {n}")
     labels = np.asarray(level_labels)
     if labels.ndim != 2 or labels.shape != (n, config.model.n_levels):
         raise ValueError(
@@ -241,6 +252,8 @@ def train_unisid(
         checkpoint_dir = Path(checkpoint_dir)
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         ckpt_path = checkpoint_dir / CHECKPOINT_NAME
+        for tmp in remove_dead_temps(ckpt_path):
+            logger.info("removed %s, a half-written checkpoint of a killed run", tmp)
         if ckpt_path.exists():
             ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
             if ck.get("format") != TRAIN_CHECKPOINT_FORMAT:
