@@ -61,6 +61,10 @@ def run_one(args: argparse.Namespace, n_ads: int) -> dict:
     from unisid_pipeline.models.rq import RQKMeansConfig, fit_rq_kmeans
     from unisid_pipeline.sid import build_sid_table
 
+    import torch
+
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     work = Path(tempfile.mkdtemp(prefix=f"bench_scale_{n_ads}_", dir=args.workdir))
     db, cache_db = work / "warehouse.duckdb", work / "cache.duckdb"
     rows: dict[str, dict] = {}
@@ -152,7 +156,7 @@ def run_one(args: argparse.Namespace, n_ads: int) -> dict:
 
         shutil.rmtree(work, ignore_errors=True)
     return {
-        "n_ads": n_ads, "n_users": max(10, n_ads // 5),
+        "n_ads": n_ads, "n_users": max(10, n_ads // 5), "torch_threads": torch.get_num_threads(),
         "n_interactions": info["interactions_clean"], "encoder": encoder_id, "dim": int(x.shape[1]),
         "peak_resettable": resettable, "stages": rows,
         "collision_rate_pre": sid_info["pre"]["collision_rate"], "collision_rate_post": sid_info["post"]["collision_rate"],
@@ -173,7 +177,7 @@ def fit_exponent(ns: list[int], values: list[float]) -> float:
 def print_table(results: list[dict]) -> None:
     cores = os.cpu_count() or 1
     ns = [r["n_ads"] for r in results]
-    print(f"encoder: {results[0]['encoder']} (dim {results[0]['dim']})")
+    print(f"encoder: {results[0]['encoder']} (dim {results[0]['dim']}); torch threads: {results[0].get('torch_threads')}")
     head = "| stage | " + " | ".join(f"{n:,} ads: s / peak RSS MB" for n in ns)
     if len(ns) > 1:
         head += " | time exponent | memory exponent"
@@ -219,6 +223,7 @@ def main() -> None:
     p.add_argument("--max-queries", type=int, default=2000)
     p.add_argument("--workdir", default=None, help="where the per-run DuckDB files go (default: system temp)")
     p.add_argument("--keep", action="store_true", help="keep the DuckDB files")
+    p.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     p.add_argument("--json", default="", help="also write the results to this JSON file")
     p.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
