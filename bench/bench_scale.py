@@ -90,6 +90,9 @@ def run_one(args: argparse.Namespace, n_ads: int) -> dict:
         return res.raw_ads, res.info
 
     raw_ads, info = stage("ingest", do_ingest)
+    if args.stop_after == "ingest":
+        return {"n_ads": n_ads, "n_users": max(10, n_ads // 5), "torch_threads": torch.get_num_threads(),
+                "n_interactions": info["interactions_clean"], "encoder": "-", "dim": 0, "stages": rows}
 
     def do_summaries():
         con = SummaryCache(str(cache_db))
@@ -183,7 +186,7 @@ def print_table(results: list[dict]) -> None:
         head += " | time exponent | memory exponent"
     print(head + " |")
     print("|" + "---|" * (head.count("|")))
-    for name in (*STAGES, "total"):
+    for name in (*[st for st in STAGES if st in results[0]["stages"]], "total"):
         cells, secs, mems = [], [], []
         for r in results:
             if name == "total":
@@ -199,6 +202,8 @@ def print_table(results: list[dict]) -> None:
         if len(ns) > 1:
             line += f" | {fit_exponent(ns, secs):.2f} | {fit_exponent(ns, mems):.2f}"
         print(line + " |")
+    if "collision_rate_pre" not in results[0]:
+        return
     print()
     print("| ads | interactions | collision rate pre | post | resolution | V L1 | V L3 | nbr agree L1 |")
     print("|---|---|---|---|---|---|---|---|")
@@ -223,6 +228,7 @@ def main() -> None:
     p.add_argument("--max-queries", type=int, default=2000)
     p.add_argument("--workdir", default=None, help="where the per-run DuckDB files go (default: system temp)")
     p.add_argument("--keep", action="store_true", help="keep the DuckDB files")
+    p.add_argument("--stop-after", choices=("ingest",), default=None, help="run only the stages up to this one")
     p.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     p.add_argument("--json", default="", help="also write the results to this JSON file")
     p.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)
