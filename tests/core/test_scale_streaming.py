@@ -114,3 +114,14 @@ def test_chunked_rq_encoding_and_lazy_cost_equal_the_whole_catalog_path(ads, emb
     assert lazy_info["resolution_used"] == "reassign" and lazy_info["n_reassigned"] > 0, lazy_info["fallback_reason"]
     assert lazy_table.equals(dense_table) and lazy_info == dense_info
     assert sum(asked) == lazy_info["pre"]["n_colliding_items"] < len(ids)  # only colliding rows were costed
+
+
+def test_scale_settings_are_checked_when_built():
+    from unisid_pipeline.embeddings import TextEncoderConfig, build_text_encoder
+
+    with pytest.raises(ValueError, match="fit_sample_size must be 0 or >= codebook_size"):
+        RQKMeansConfig(codebook_size=256, fit_sample_size=100)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        TextEncoderConfig(backend="minilm")
+    encoder = build_text_encoder(TextEncoderConfig(backend="hashed_bow", hashed_dim=32))
+    assert encoder.dim == 32 and encoder.model_id == "hashed-bow-v1:dim=32:ngram=1-2"
