@@ -1,14 +1,14 @@
 """Build the Dagster Definitions (resources bound to one project home)."""
 from __future__ import annotations
 
-from dagster import Definitions, PipesSubprocessClient, define_asset_job, in_process_executor
+from dagster import AssetSelection, Definitions, PipesSubprocessClient, define_asset_job, in_process_executor
 
-from assets import analysis, ingestion, labels, recommender, text, tokenizers, unisid
+from assets import analysis, incremental, ingestion, labels, recommender, text, tokenizers, unisid
 from assets.analysis import SidCheckThresholds
 from assets.resources import MlflowTracking, ProjectHome, WarehouseIOManager
 
 ALL_ASSETS = [*ingestion.ASSETS, *text.ASSETS, *labels.ASSETS, *tokenizers.ASSETS, *unisid.ASSETS,
-              *analysis.ASSETS, *recommender.ASSETS]
+              *analysis.ASSETS, *recommender.ASSETS, *incremental.ASSETS]
 ALL_CHECKS = [*ingestion.CHECKS, *analysis.CHECKS]
 
 
@@ -25,6 +25,11 @@ def build_definitions(home: str = "", tracking_uri: str = "") -> Definitions:
         define_asset_job("analysis_job", selection="group:analysis", description="SID collision and quality report"),
         define_asset_job("recommender_job", selection="group:recommender",
                          description="train and evaluate the generative recommender per SID method"),
+        define_asset_job("assign_new_ad_sids",
+                         selection=AssetSelection.assets("raw_ads", "rejected_ads", "ad_text_embeddings",
+                                                         incremental.NAME),
+                         description="re-ingest ads, embed the new ones and give them SIDs with the frozen "
+                                     "RQ-KMeans tokenizer; existing SIDs never change"),
     ]
     return Definitions(
         assets=ALL_ASSETS,

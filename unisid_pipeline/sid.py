@@ -25,6 +25,23 @@ import polars as pl
 RESOLUTIONS = ("suffix", "reassign", "none")
 
 
+class LazyRowCost:
+    """An (n, K) last-level cost matrix computed only for the rows asked for: `cost[rows]` returns
+    `fn(rows)` ((len(rows), K) float). `resolve_reassign` reads only the rows of colliding items,
+    so at catalog scale the full (n, K) matrix (1 GB at 1M items x K=256) is never built."""
+
+    def __init__(self, n_items: int, n_codes: int, fn):
+        self.shape = (int(n_items), int(n_codes))
+        self._fn = fn
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.asarray(self._fn(rows), dtype=np.float64)
+        if out.shape != (rows.size, self.shape[1]):
+            raise ValueError(f"cost function returned shape {out.shape} for {rows.size} rows, expected {(rows.size, self.shape[1])}")
+        return out
+
+
 class ReassignmentImpossible(ValueError):
     """A (L-1)-prefix holds more items than the K last-level codes: no unique L-length SIDs exist."""
 
@@ -103,7 +120,8 @@ def resolve_suffix(codes: np.ndarray, ad_ids: np.ndarray) -> np.ndarray:
 def resolve_reassign(codes: np.ndarray, last_level_cost: np.ndarray, ad_ids: np.ndarray) -> np.ndarray:
     """Move colliding items to free last-level codes of their own (L-1)-prefix: (n, L) -> (n, L).
 
-    last_level_cost: (n, K) float, lower is better, K > every last-level code. In each group of
+    last_level_cost: (n, K) float array or `LazyRowCost`, lower is better, K > every last-level
+    code; only the rows of colliding items are read. In each group of
     items sharing a full SID, the item with the lowest cost at the shared code keeps it (ties:
     smallest ad_id). The other items of all groups of one prefix then, in order of (cost at their
     current code, ad_id), each take their lowest-cost last-level code not used by any item of the
@@ -114,13 +132,14 @@ def resolve_reassign(codes: np.ndarray, last_level_cost: np.ndarray, ad_ids: np.
     codes = _check_codes(codes)
     n, n_levels = codes.shape
     ad_ids = _check_ad_ids(ad_ids, n)
-    cost = np.asarray(last_level_cost, dtype=np.float64)
-    if cost.ndim != 2 or cost.shape[0] != n:
+    lazy = isinstance(last_level_cost, LazyRowCost)
+    cost = last_level_cost if lazy else np.asarray(last_level_cost, dtype=np.float64)
+    if len(cost.shape) != 2 or cost.shape[0] != n:
         raise ValueError(f"last_level_cost must have shape (n_items={n}, K), got {cost.shape}")
     n_codes = cost.shape[1]
     if n and codes[:, -1].max() >= n_codes:
         raise ValueError(f"last-level codes reach {codes[:, -1].max()} but last_level_cost has only K={n_codes} columns")
-    if not np.isfinite(cost).all():
+    if not lazy and not np.isfinite(cost).all():
         raise ValueError("last_level_cost contains NaN or inf; pass finite costs (e.g. -logits)")
     out = codes.copy()
     if n == 0:
@@ -137,7 +156,13 @@ def resolve_reassign(codes: np.ndarray, last_level_cost: np.ndarray, ad_ids: np.
     colliding = np.flatnonzero(sid_sizes[sid] > 1)
     if colliding.size == 0:
         return out
-    own_cost = cost[np.arange(n), codes[:, -1]]
+    cost_rows = cost[colliding]  # (m, K): the only rows the resolution reads
+    if lazy and not np.isfinite(cost_rows).all():
+        raise ValueError("last_level_cost contains NaN or inf; pass finite costs (e.g. -logits)")
+    row_of = np.full(n, -1, dtype=np.int64)
+    row_of[colliding] = np.arange(colliding.size)
+    own_cost = np.zeros(n, dtype=np.float64)
+    own_cost[colliding] = cost_rows[np.arange(colliding.size), codes[colliding, -1]]
     # keeper of each SID group: lowest own cost, then smallest ad_id
     order = colliding[np.lexsort((ad_ids[colliding], own_cost[colliding], sid[colliding]))]
     is_keeper = np.r_[True, sid[order][1:] != sid[order][:-1]]
@@ -152,7 +177,7 @@ def resolve_reassign(codes: np.ndarray, last_level_cost: np.ndarray, ad_ids: np.
     occupied[local[prefix[rows]], codes[rows, -1]] = True
     for i in movers:
         r = local[prefix[i]]
-        j = int(np.argmin(np.where(occupied[r], np.inf, cost[i])))
+        j = int(np.argmin(np.where(occupied[r], np.inf, cost_rows[row_of[i]])))
         out[i, -1] = j
         occupied[r, j] = True
     return out
@@ -169,7 +194,8 @@ def build_sid_table(
     """Build the SID table of the data contract and its collision report.
 
     ad_ids (n,) unique ints; raw_codes (n, L) tokenizer output; resolution "suffix" | "reassign"
-    | "none" ("reassign" needs last_level_cost (n, K), lower is better). Rows keep the input order.
+    | "none" ("reassign" needs last_level_cost (n, K) or a `LazyRowCost`, lower is better). Rows keep
+    the input order.
 
     Returns (table with columns ad_id Int64, codes List(Int64), raw_codes List(Int64), method Utf8,
     model_version Utf8; info) where info has resolution_requested, resolution_used,

@@ -132,3 +132,20 @@ def test_config_errors_name_the_field():
         IngestionConfig(source="files")
     with pytest.raises(ValueError, match="beauty_dir"):
         IngestionConfig(source="amazon_beauty")
+
+
+def test_every_rejected_row_carries_its_source_row_as_json_and_clean_rows_never_do():
+    """raw is built for rejected lines only (valid rows of a 1M catalog never get a JSON copy)."""
+    ads = pl.DataFrame({"ad_id": ["1", "2", "1", "x", "3"], "title": ["a", "", "dup", "b", "c"],
+                        "price": ["1", "2", "3", "4", "-5"]})
+    res = validate_ads(ads, "ads.csv")
+    assert res.clean["ad_id"].to_list() == [1]
+    expected = {i + 1: json.dumps(r, separators=(",", ":")) for i, r in enumerate(ads.to_dicts())}
+    assert res.rejected["line"].to_list() == [2, 3, 4, 5]
+    assert {r["line"]: json.loads(r["raw"]) for r in res.rejected.to_dicts()} == {
+        line: json.loads(expected[line]) for line in (2, 3, 4, 5)}
+    inter = pl.DataFrame({"user_id": [1, 1, 1, 2, 2], "ad_id": [1, 1, 9, 1, 1], "timestamp": [5, 5, 6, 9, 3]})
+    res_i = validate_interactions(inter, "inter.csv", pl.Series([1]))
+    reasons = {r["line"]: (r["reason"], json.loads(r["raw"])) for r in res_i.rejected.to_dicts()}
+    assert sorted(reasons) == [2, 3, 5]  # duplicate event, unknown ad, back in time
+    assert all(raw == inter.row(line - 1, named=True) for line, (_, raw) in reasons.items())

@@ -134,16 +134,29 @@ def _raw_json(frame: pl.DataFrame) -> pl.Series:
     return frame.select(pl.struct(cols).struct.json_encode().alias("raw")).to_series()
 
 
-def _split(typed: pl.DataFrame, checks: list[tuple[str, pl.Expr]], source: str, raw: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame]:
+_NO_RAW = pl.lit(None, dtype=pl.Utf8).alias("raw")  # filled by `_with_raw` once the rejected lines are known
+
+
+def _with_raw(rejected: pl.DataFrame, rows: pl.DataFrame) -> pl.DataFrame:
+    """Fill `raw` (the source row as JSON) for the rejected lines only: valid rows, almost all of a
+    large catalog, never pay for a JSON copy of themselves."""
+    if rejected.height == 0:
+        return rejected
+    bad = rows.filter(pl.col("_line").is_in(rejected["line"].implode()))
+    raw = pl.DataFrame({"line": bad["_line"].cast(pl.Int64), "raw": _raw_json(bad)})
+    return rejected.drop("raw").join(raw, on="line", how="left", maintain_order="left").select(
+        list(REJECTED_COLUMNS)).cast(REJECTED_COLUMNS)
+
+
+def _split(typed: pl.DataFrame, checks: list[tuple[str, pl.Expr]], source: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Apply (field, error-expr) checks; the first failing field names the row, all reasons are kept."""
-    typed = typed.with_columns(raw.alias("__raw"))
     reason = pl.concat_str([e for _, e in checks], separator="; ", ignore_nulls=True)
     field = pl.coalesce([pl.when(e.is_not_null()).then(pl.lit(f)) for f, e in checks])
     typed = typed.with_columns(reason.alias("__reason"), field.alias("__field"))
     bad_mask = pl.col("__field").is_not_null()
     rejected = typed.filter(bad_mask).select(
         pl.lit(source).alias("source"), pl.col("_line").alias("line"), pl.col("__field").alias("field"),
-        pl.col("__reason").alias("reason"), pl.col("__raw").alias("raw"),
+        pl.col("__reason").alias("reason"), _NO_RAW,
     ).cast(REJECTED_COLUMNS)
     clean = typed.filter(~bad_mask)
     return clean, rejected
@@ -158,7 +171,6 @@ def validate_ads(
     negative price, image-vector length, duplicate ad_id (the first occurrence is kept)."""
     if "_line" not in rows.columns:
         rows = rows.with_row_index("_line", offset=1).with_columns(pl.col("_line").cast(pl.Int64))
-    raw = _raw_json(rows)
     typed, type_errors = _coerce(rows, AD_COLUMNS)
     checks = _required_and_type_checks(AD_REQUIRED, type_errors, "every ad needs an integer ad_id and a non-empty title")
     checks.append(("title", pl.when(pl.col("title").is_not_null() & (pl.col("title").str.strip_chars() == "")).then(
@@ -178,7 +190,7 @@ def validate_ads(
         checks.append(("image_features", pl.when(pl.col("image_features").list.len() != expected).then(
             pl.format(f"image_features has {{}} values, expected {expected} (the length of most ads)",
                       pl.col("image_features").list.len()))))
-    clean, rejected = _split(typed, checks, source, raw)
+    clean, rejected = _split(typed, checks, source)
 
     # Duplicate ids among otherwise-valid rows: keep the first by line.
     clean = clean.sort("_line").with_columns(pl.col("_line").first().over("ad_id").alias("__first"))
@@ -187,11 +199,11 @@ def validate_ads(
         pl.lit(source).alias("source"), pl.col("_line").alias("line"), pl.lit("ad_id").alias("field"),
         pl.format("duplicate ad_id {} (first at line {}); ad ids must be unique: drop or renumber the repeat",
                   pl.col("ad_id"), pl.col("__first")).alias("reason"),
-        pl.col("__raw").alias("raw"),
+        _NO_RAW,
     ).cast(REJECTED_COLUMNS)])
     clean = clean.filter(pl.col("_line") == pl.col("__first"))
     clean = clean.select(list(AD_COLUMNS)).cast(AD_COLUMNS)
-    return ValidationResult(clean=clean, rejected=rejected.sort("line"))
+    return ValidationResult(clean=clean, rejected=_with_raw(rejected, rows).sort("line"))
 
 
 
@@ -208,7 +220,6 @@ def validate_interactions(
         raise ValueError(f"timestamp_order must be 'reject' or 'sort', got {timestamp_order!r}")
     if "_line" not in rows.columns:
         rows = rows.with_row_index("_line", offset=1).with_columns(pl.col("_line").cast(pl.Int64))
-    raw = _raw_json(rows)
     typed, type_errors = _coerce(rows, INTERACTION_COLUMNS)
     checks = _required_and_type_checks(
         INTERACTION_REQUIRED, type_errors, "every interaction needs an integer user_id, ad_id and timestamp")
@@ -217,7 +228,7 @@ def validate_interactions(
     known = known_ad_ids.cast(pl.Int64).unique()
     checks.append(("ad_id", pl.when(pl.col("ad_id").is_not_null() & ~pl.col("ad_id").is_in(known.implode())).then(
         pl.format("ad_id {} is not in raw_ads (unknown ad, or the ad was rejected: see rejected_ads)", pl.col("ad_id")))))
-    clean, rejected = _split(typed, checks, source, raw)
+    clean, rejected = _split(typed, checks, source)
     extra = []
     clean = clean.sort("_line")
     # Exact duplicates (same user, ad and time): keep the first.
@@ -228,7 +239,7 @@ def validate_interactions(
         pl.lit(source).alias("source"), pl.col("_line").alias("line"), pl.lit("*").alias("field"),
         pl.format("duplicate event (user {}, ad {}, timestamp {}; first at line {})", pl.col("user_id"),
                   pl.col("ad_id"), pl.col("timestamp"), pl.col("__first")).alias("reason"),
-        pl.col("__raw").alias("raw"),
+        _NO_RAW,
     ))
     clean = clean.filter(pl.col("_line") == pl.col("__first"))
     if timestamp_order == "reject":
@@ -239,14 +250,14 @@ def validate_interactions(
             pl.lit(source).alias("source"), pl.col("_line").alias("line"), pl.lit("timestamp").alias("field"),
             pl.format("timestamp {} is earlier than a previous event ({}) of user {}; sort events by time per user, "
                       "or set timestamp_order='sort'", pl.col("timestamp"), pl.col("__prev"), pl.col("user_id")).alias("reason"),
-            pl.col("__raw").alias("raw"),
+            _NO_RAW,
         ))
         # A rejected row is below the running max, so it never raises it: later rows are judged
         # against accepted rows only.
         clean = clean.filter(~(pl.col("__prev").is_not_null() & (pl.col("timestamp") < pl.col("__prev"))))
     rejected = pl.concat([rejected, *[e.cast(REJECTED_COLUMNS) for e in extra]]).sort("line")
     clean = clean.sort(["user_id", "timestamp", "_line"]).select(list(INTERACTION_COLUMNS)).cast(INTERACTION_COLUMNS)
-    return ValidationResult(clean=clean, rejected=rejected)
+    return ValidationResult(clean=clean, rejected=_with_raw(rejected, rows))
 
 
 def concat_rejected(*frames: pl.DataFrame) -> pl.DataFrame:

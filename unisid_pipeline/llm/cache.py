@@ -119,6 +119,21 @@ class SummaryCache:
             self.con.unregister("_summary_keys")
         return {(h, m, p): {"summary": s, "backend": b} for h, m, p, s, b in rows}
 
+    def lookup(self, hashes: pl.Series, model_id: str, prompt_version: str) -> pl.DataFrame:
+        """content_hash, summary of the given hashes cached under (model_id, prompt_version): one DuckDB
+        join, no per-key Python objects (the path for large catalogs; `get_many` is the dict form)."""
+        keys = pl.DataFrame({"content_hash": hashes.cast(pl.Utf8)}).unique()
+        self.con.register("_summary_lookup", keys.to_arrow())
+        try:
+            found = self.con.execute(
+                "SELECT c.content_hash, c.summary FROM summary_cache c JOIN _summary_lookup k USING (content_hash) "
+                "WHERE c.model_id = ? AND c.prompt_version = ?", [model_id, prompt_version],
+            ).pl()
+        finally:
+            self.con.unregister("_summary_lookup")
+        return found.cast({"content_hash": pl.Utf8, "summary": pl.Utf8}) if found.height else pl.DataFrame(
+            schema={"content_hash": pl.Utf8, "summary": pl.Utf8})
+
     def put_many(self, rows: Iterable[Mapping[str, Any]] | pl.DataFrame) -> int:
         """Upsert rows (content_hash, model_id, prompt_version, summary, backend[, created_at]) in one transaction.
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import polars as pl
 
 from unisid_pipeline.llm import prompts as P
@@ -728,65 +729,68 @@ def summarize_ads(
     prompt_version = getattr(summarizer, "prompt_version", P.PROMPT_VERSION)
 
     fallback_text = getattr(getattr(summarizer, "postprocess", None), "fallback_text", FALLBACK_SUMMARY)
-    ad_hashes = P.ad_content_hash(ads).to_list()
-    rows = ads.select([c for c in ("ad_id", *P.PROMPT_FIELDS) if c in ads.columns]).to_dicts()
-    first_row: dict[str, dict] = {}
-    for h, row in zip(ad_hashes, rows):
-        first_row.setdefault(h, row)
-    unique = list(first_row)
-    keys = [(h, model_id, prompt_version) for h in unique]
-    found = cache.get_many(keys) if cache is not None else {}
-    summaries: dict[str, str] = {k[0]: v["summary"] for k, v in found.items()}
-    cached = set(summaries)
-    todo = [h for h in unique if h not in summaries]
+    # Columnar throughout (polars / DuckDB): only the rows of one chunk ever become Python dicts,
+    # so a 1M-ad catalog costs its hash column and its output table, not a dict per ad.
+    ad_hashes = P.ad_content_hash(ads)
+    first_rows = np.flatnonzero(ad_hashes.is_first_distinct().to_numpy())
+    distinct = ad_hashes.gather(first_rows)
+    found = (cache.lookup(distinct, model_id, prompt_version) if cache is not None
+             else pl.DataFrame(schema={"content_hash": pl.Utf8, "summary": pl.Utf8}))
+    is_todo = (~distinct.is_in(found["content_hash"].implode())).to_numpy()
+    todo_rows, todo_hashes = first_rows[is_todo], distinct.filter(pl.Series(is_todo))
+    prompt_columns = ads.select([c for c in ("ad_id", *P.PROMPT_FIELDS) if c in ads.columns])
     logger.info(
         "summaries for %d ads (%d distinct): %d cached, %d to generate with %s (%s)",
-        ads.height, len(unique), len(cached), len(todo), model_id, backend,
+        ads.height, len(distinct), found.height, len(todo_rows), model_id, backend,
     )
 
     started = time.perf_counter()
     n_fallback = 0
-    for start in range(0, len(todo), chunk_size):
-        chunk = todo[start : start + chunk_size]
-        out = summarizer.summarize([first_row[h] for h in chunk])
-        if len(out) != len(chunk) or not all(isinstance(s, str) for s in out):
+    generated: list[pl.DataFrame] = []
+    for start in range(0, len(todo_rows), chunk_size):
+        chunk_hashes = todo_hashes.slice(start, chunk_size)
+        rows = prompt_columns[todo_rows[start : start + chunk_size]].to_dicts()
+        out = summarizer.summarize(rows)
+        if len(out) != len(rows) or not all(isinstance(s, str) for s in out):
             raise ValueError(
-                f"{type(summarizer).__name__}.summarize returned {len(out)} items for {len(chunk)} ads; "
+                f"{type(summarizer).__name__}.summarize returned {len(out)} items for {len(rows)} ads; "
                 "it must return one string per ad"
             )
         n_fallback += sum(s == fallback_text for s in out)
+        new = pl.DataFrame({"content_hash": chunk_hashes, "summary": pl.Series(out, dtype=pl.Utf8)})
         if cache is not None:
-            cache.put_many(
-                {"content_hash": h, "model_id": model_id, "prompt_version": prompt_version, "summary": s, "backend": backend}
-                for h, s in zip(chunk, out)
-            )
-        summaries.update(zip(chunk, out))
-        done = start + len(chunk)
+            cache.put_many(new.with_columns(pl.lit(model_id).alias("model_id"),
+                                            pl.lit(prompt_version).alias("prompt_version"),
+                                            pl.lit(backend).alias("backend")))
+        generated.append(new)
+        done = start + len(rows)
         elapsed = time.perf_counter() - started
         rate = done / elapsed if elapsed > 0 else float("inf")
         info = dict(
             done=done,
-            total=len(todo),
+            total=len(todo_rows),
             rate_per_s=rate,
-            eta_s=(len(todo) - done) / rate if rate > 0 else float("inf"),
-            cached=len(cached),
+            eta_s=(len(todo_rows) - done) / rate if rate > 0 else float("inf"),
+            cached=found.height,
             fallback=n_fallback,
         )
-        logger.info("summaries %d/%d (%.2f/s, eta %.0fs)", done, len(todo), rate, info["eta_s"])
+        logger.info("summaries %d/%d (%.2f/s, eta %.0fs)", done, len(todo_rows), rate, info["eta_s"])
         if progress is not None:
             progress(info)
     if n_fallback:
-        logger.warning("%d of %d new summaries are the fallback marker %r", n_fallback, len(todo), fallback_text)
+        logger.warning("%d of %d new summaries are the fallback marker %r", n_fallback, len(todo_rows), fallback_text)
 
-    return pl.DataFrame(
-        {
-            "ad_id": ads["ad_id"].cast(pl.Int64),
-            "summary": [summaries[h] for h in ad_hashes],
-            "content_hash": ad_hashes,
-            "model_id": [model_id] * ads.height,
-            "backend": [backend] * ads.height,
-            "prompt_version": [prompt_version] * ads.height,
-            "cached": [h in cached for h in ad_hashes],
-        },
-        schema=SUMMARY_COLUMNS,
+    summaries = pl.concat([found.with_columns(pl.lit(True).alias("cached")),
+                           *[g.with_columns(pl.lit(False).alias("cached")) for g in generated]])
+    return (
+        pl.DataFrame({"ad_id": ads["ad_id"].cast(pl.Int64), "content_hash": ad_hashes})
+        .join(summaries, on="content_hash", how="left", maintain_order="left")
+        .select(
+            "ad_id", "summary", "content_hash",
+            pl.lit(model_id, dtype=pl.Utf8).alias("model_id"),
+            pl.lit(backend, dtype=pl.Utf8).alias("backend"),
+            pl.lit(prompt_version, dtype=pl.Utf8).alias("prompt_version"),
+            "cached",
+        )
+        .cast(SUMMARY_COLUMNS)
     )

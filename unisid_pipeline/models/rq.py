@@ -39,6 +39,7 @@ from unisid_pipeline.seeding import cpu_determinism, resolve_device, seed_everyt
 logger = logging.getLogger(__name__)
 
 Callback = Callable[[dict[str, Any]], None]
+ENCODE_CHUNK_ROWS = 65536  # rows per encoding chunk (rounded up to a multiple of the config's batch_size)
 
 
 # --------------------------------------------------------------------------- gradient trick
@@ -213,7 +214,9 @@ class RQKMeansConfig:
     balanced: cap every cluster at ceil(max_cluster_size_factor * n / K) rows, with a stable
     capacity-constrained assignment (deferred acceptance, see `codebook.balanced_assign`) in every
     Lloyd step and in `encode`. tol: stop a level's Lloyd iterations when at most this share of
-    rows changed code. batch_size: rows per distance block.
+    rows changed code. batch_size: rows per distance block. fit_sample_size: fit the codebooks on
+    this many random rows (0: all rows); every row is then encoded with the fitted (frozen)
+    codebooks, chunk by chunk, which is how a 1M-ad catalog fits in memory and minutes.
     """
 
     n_levels: int = 3
@@ -225,9 +228,14 @@ class RQKMeansConfig:
     max_cluster_size_factor: float = 1.0
     tol: float = 0.0
     batch_size: int = DEFAULT_BATCH_SIZE
+    fit_sample_size: int = 0
 
     def __post_init__(self) -> None:
         _check_common(self.n_levels, self.codebook_size, self.batch_size)
+        if not isinstance(self.fit_sample_size, int) or self.fit_sample_size < 0:
+            raise ValueError(f"fit_sample_size must be an int >= 0 (0 = fit on all rows), got {self.fit_sample_size!r}")
+        if 0 < self.fit_sample_size < self.codebook_size:
+            raise ValueError(f"fit_sample_size must be 0 or >= codebook_size ({self.codebook_size}), got {self.fit_sample_size}")
         if not isinstance(self.n_iter, int) or self.n_iter < 1:
             raise ValueError(f"n_iter must be an int >= 1, got {self.n_iter!r}")
         if self.init not in INITS:
@@ -358,14 +366,38 @@ class _RQTokenizer(nn.Module):
             [self._to_latent(x[s : s + self.config.batch_size]) for s in range(0, x.shape[0], self.config.batch_size)]
         ) if x.shape[0] else self._to_latent(x)
 
+    def _chunk_rows(self, chunk_rows: int) -> int:
+        """`chunk_rows` rounded up to a multiple of config.batch_size: every chunk then splits into the
+        same row blocks as one whole-catalog call, so chunked results equal unchunked ones bit for bit."""
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        b = self.config.batch_size
+        return -(-chunk_rows // b) * b
+
+    def _row_chunks(self, n: int, chunk_rows: int) -> list[tuple[int, int]]:
+        step = self._chunk_rows(chunk_rows)
+        return [(s, min(s + step, n)) for s in range(0, n, step)]
+
     @torch.no_grad()
-    def encode(self, embeddings: np.ndarray | torch.Tensor) -> np.ndarray:
-        """embeddings (n, d) float -> codes (n, L) int64 in [0, K)."""
+    def encode(self, embeddings: np.ndarray | torch.Tensor, chunk_rows: int = ENCODE_CHUNK_ROWS) -> np.ndarray:
+        """embeddings (n, d) float -> codes (n, L) int64 in [0, K).
+
+        Nearest-codeword encoding is row by row, so it runs `chunk_rows` rows at a time (memory:
+        the output plus one chunk's residuals, whatever n). Balanced RQ-KMeans encoding depends on
+        all rows together (cluster capacities) and runs in one call over the whole input.
+        """
         was_training = self.training
         self.eval()
         try:
-            z = self._latent(embeddings)
-            return self.rq.encode(z, **self._encode_kwargs(z.shape[0])).cpu().numpy().astype(np.int64)
+            kwargs = self._encode_kwargs(len(embeddings))
+            if kwargs.get("capacity_factor") is not None:
+                z = self._latent(embeddings)
+                return self.rq.encode(z, **kwargs).cpu().numpy().astype(np.int64)
+            n = len(embeddings)
+            out = np.empty((n, self.rq.n_levels), dtype=np.int64)
+            for s, e in self._row_chunks(n, chunk_rows):
+                out[s:e] = self.rq.encode(self._latent(embeddings[s:e]), **kwargs).cpu().numpy()
+            return out
         finally:
             self.train(was_training)
 
@@ -373,16 +405,30 @@ class _RQTokenizer(nn.Module):
         return {"batch_size": self.config.batch_size}
 
     @torch.no_grad()
-    def last_level_distances(self, embeddings: np.ndarray | torch.Tensor) -> np.ndarray:
+    def last_level_distances(
+        self, embeddings: np.ndarray | torch.Tensor, codes: np.ndarray | None = None,
+        chunk_rows: int = ENCODE_CHUNK_ROWS,
+    ) -> np.ndarray:
         """embeddings (n, d) -> (n, K) float32 squared distances of each item's last-level residual
-        (given its encoded first L-1 codes) to every last-level codeword; lower is better. Argmin
-        per row equals the last code of `encode` (for unbalanced encoding)."""
+        (given its first L-1 codes: `codes` (n, L) when given, else those of `encode`) to every
+        last-level codeword; lower is better. Argmin per row equals the last code of `encode` (for
+        unbalanced encoding). Pass `codes` for a subset of rows of a balanced encoding, whose codes
+        depend on the whole catalog."""
         was_training = self.training
         self.eval()
         try:
-            z = self._latent(embeddings)
-            codes = self.rq.encode(z, **self._encode_kwargs(z.shape[0]))
-            return self.rq.last_level_distances(z, codes, self.config.batch_size).cpu().numpy().astype(np.float32)
+            if codes is None:
+                codes = self.encode(embeddings, chunk_rows)
+            codes = np.asarray(codes, dtype=np.int64)
+            n = len(embeddings)
+            if codes.shape != (n, self.rq.n_levels):
+                raise ValueError(f"codes must have shape ({n}, {self.rq.n_levels}), got {codes.shape}")
+            out = np.empty((n, self.rq.codebook_size), dtype=np.float32)
+            for s, e in self._row_chunks(n, chunk_rows):
+                z = self._latent(embeddings[s:e])
+                c = torch.from_numpy(codes[s:e]).to(z.device)
+                out[s:e] = self.rq.last_level_distances(z, c, self.config.batch_size).cpu().numpy()
+            return out
         finally:
             self.train(was_training)
 
@@ -489,7 +535,8 @@ def fit_rq_kmeans(
     device: str,
     on_level: Callback | None = None,
 ) -> tuple[RQKMeansTokenizer, dict[str, list]]:
-    """Fit residual k-means on embeddings (n, d) float32 (n >= codebook_size).
+    """Fit residual k-means on embeddings (n, d) float32 (n >= codebook_size), or on a random
+    sample of `config.fit_sample_size` of them.
 
     Returns the tokenizer (on `device`) and a history: a dict of per-level lists with the keys of
     the rows passed to `on_level` (level, n_iter, inertia, relative_residual_norm, usage,
@@ -501,6 +548,11 @@ def fit_rq_kmeans(
     if x.shape[0] < config.codebook_size:
         raise ValueError(f"need at least codebook_size={config.codebook_size} items, got {x.shape[0]}: lower codebook_size")
     tokenizer = RQKMeansTokenizer(config, x.shape[1]).to(dev)
+    if 0 < config.fit_sample_size < x.shape[0]:
+        # a random sample (in row order) fits the codebooks; encode() then assigns every row
+        idx = torch.randperm(x.shape[0], generator=generator)[: config.fit_sample_size].sort().values
+        x = x[idx]
+        logger.info("rq-kmeans: fitting on a random sample of %d of %d rows", len(idx), len(embeddings))
     rows = tokenizer.rq.fit_kmeans(
         x.to(dev), config.n_iter, generator, init=config.init,
         max_cluster_size_factor=config.max_cluster_size_factor if config.balanced else None,
