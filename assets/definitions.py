@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from dagster import Definitions, define_asset_job, in_process_executor
 
-from assets import analysis, ingestion, labels, recommender, text, tokenizers, unisid
+from assets import analysis, ingestion, labels, recommender, sensors, text, tokenizers, unisid
 from assets.analysis import SidCheckThresholds
 from assets.resources import MlflowTracking, ProjectHome, WarehouseIOManager
+from assets.sensors import IncomingAds
 
 ALL_ASSETS = [*ingestion.ASSETS, *text.ASSETS, *labels.ASSETS, *tokenizers.ASSETS, *unisid.ASSETS,
               *analysis.ASSETS, *recommender.ASSETS]
@@ -25,16 +26,19 @@ def build_definitions(home: str = "", tracking_uri: str = "") -> Definitions:
         define_asset_job("analysis_job", selection="group:analysis", description="SID collision and quality report"),
         define_asset_job("recommender_job", selection="group:recommender",
                          description="train and evaluate the generative recommender per SID method"),
+        *sensors.JOBS,
     ]
     return Definitions(
         assets=ALL_ASSETS,
         asset_checks=ALL_CHECKS,
         jobs=jobs,
+        sensors=sensors.SENSORS,
         executor=in_process_executor,
         resources={
             "io_manager": WarehouseIOManager(home=home),
             "mlflow": MlflowTracking(home=home, tracking_uri=tracking_uri),
             "project_home": ProjectHome(path=home),
             "sid_check_thresholds": SidCheckThresholds(),
+            "incoming_ads": IncomingAds(home=home),
         },
     )
