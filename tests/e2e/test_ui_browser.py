@@ -63,6 +63,20 @@ def register_tiny_tokenizer(home: Path) -> str:
     return "rq_kmeans_tokenizer"
 
 
+def record_plot_materialization(dagster_home: Path) -> None:
+    """A loss-curve plot as the training assets attach it (assets.metadata.figure_metadata), recorded as a
+    runless materialization of rq_vae_model, so the test can check that such plots render in the UI."""
+    from dagster import AssetMaterialization, DagsterInstance
+
+    from assets.metadata import figure_metadata
+    from assets.tokenizers import loss_figure
+
+    fig = loss_figure({"epoch": [1, 2, 3], "loss": [1.0, 0.5, 0.3]}, "epoch", ["loss"], "browser test")
+    with DagsterInstance.from_config(str(dagster_home)) as instance:
+        instance.report_runless_asset_event(AssetMaterialization("rq_vae_model", metadata={
+            "loss_curve": figure_metadata(fig)}))
+
+
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory):
     root = tmp_path_factory.mktemp("ui")
@@ -70,6 +84,7 @@ def ui(tmp_path_factory):
     home.mkdir()
     dagster_home.mkdir()
     shutil.copy(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
+    record_plot_materialization(dagster_home)
     d_port, m_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(UNISID_HOME=str(home), DAGSTER_HOME=str(dagster_home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
@@ -159,6 +174,15 @@ def test_ui_tour_assets_ingestion_run_and_mlflow(ui, page):
         link = page.locator(f"a[href^='{m}/#/experiments/']").first
         href = link.get_attribute("href")
         run_id = href.rsplit("/", 1)[-1]
+
+        # plots in metadata are Markdown with an inline PNG: they open (and must decode) in the Markdown dialog
+        page.goto(f"{d}/assets/rq_vae_model")
+        visible_text(page, "loss_curve").wait_for()
+        page.get_by_text("[Show Markdown]").first.click()
+        img = page.locator("img[src^='data:image/png;base64,']").first
+        img.wait_for()
+        page.wait_for_function("img => img.complete && img.naturalWidth > 100", arg=img.element_handle())
+        page.screenshot(path=str(shots / "dagster_plot.png"))
 
         page.goto(href)  # the materialization's link into the MLflow UI (which never goes network-idle: wait for text)
         page.get_by_text(re.compile(r"^ingested_tables-[0-9a-f]{8}$")).first.wait_for()
