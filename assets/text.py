@@ -43,7 +43,7 @@ def _progress_logger(context: AssetExecutionContext, what: str, run=None):
     return progress
 
 
-@asset(group_name=GROUP, kinds={"duckdb", "mlflow"}, owners=["team:summaries"], tags={"stage": "summaries"})
+@asset(group_name=GROUP, kinds={"torch", "duckdb", "mlflow"}, owners=["team:summaries"], tags={"stage": "summaries"})
 def ad_summaries(context: AssetExecutionContext, config: SummaryRun, mlflow: MlflowTracking,
                  project_home: ProjectHome, raw_ads: pl.DataFrame) -> Output[pl.DataFrame]:
     """One short LLM summary per ad (audience, selling points, promotion): UniSID's reconstruction target.
