@@ -96,7 +96,15 @@ def ui(tmp_path_factory):
                   "--host", "127.0.0.1", "--port", str(m_port), "--workers", "1"]
     # dagster dev is the slow one to start: the registry is filled while it boots, before mlflow ui opens the store
     with server(dagster_cmd, env, REPO, logs / "dagster.log") as dagster_proc:
-        registered = register_tiny_tokenizer(home)
+        # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI: keep it from leaking into later tests
+        before = os.environ.get("MLFLOW_TRACKING_URI")
+        try:
+            registered = register_tiny_tokenizer(home)
+        finally:
+            if before is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = before
         with server(mlflow_cmd, env, REPO, logs / "mlflow.log") as mlflow_proc:
             wait_http(f"http://127.0.0.1:{m_port}/health", mlflow_proc, logs / "mlflow.log", 120)
             wait_http(f"http://127.0.0.1:{d_port}/server_info", dagster_proc, logs / "dagster.log", 180)
