@@ -62,7 +62,7 @@ def sid_collision_report(context: AssetExecutionContext, config: ReportConfig, m
         for name, fig in figs.items():
             path = save_png(fig, Path(out_dir) / f"sid_{name}.png")
             run.log_artifact(path, "plots")
-        meta = run_metadata(run, mlflow.ui_url)
+        meta = run_metadata(run, mlflow.ui_base)
     return Output(df, metadata={**meta, "summary": MetadataValue.md(summary), "dagster/row_count": df.height,
                                 **{f"plot_{k}": figure_metadata(f) for k, f in figs.items()}})
 

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from dagster import AssetSelection, Definitions, PipesSubprocessClient, define_asset_job, in_process_executor
 
-from assets import analysis, incremental, ingestion, labels, recommender, text, tokenizers, unisid
+from assets import analysis, incremental, ingestion, labels, recommender, sensors, text, tokenizers, unisid
 from assets.analysis import SidCheckThresholds
 from assets.resources import MlflowTracking, ProjectHome, WarehouseIOManager
+from assets.sensors import IncomingAds
 
 ALL_ASSETS = [*ingestion.ASSETS, *text.ASSETS, *labels.ASSETS, *tokenizers.ASSETS, *unisid.ASSETS,
               *analysis.ASSETS, *recommender.ASSETS, *incremental.ASSETS]
@@ -30,11 +31,13 @@ def build_definitions(home: str = "", tracking_uri: str = "") -> Definitions:
                                                          incremental.NAME),
                          description="re-ingest ads, embed the new ones and give them SIDs with the frozen "
                                      "RQ-KMeans tokenizer; existing SIDs never change"),
+        *sensors.JOBS,
     ]
     return Definitions(
         assets=ALL_ASSETS,
         asset_checks=ALL_CHECKS,
         jobs=jobs,
+        sensors=sensors.SENSORS,
         executor=in_process_executor,
         resources={
             "io_manager": WarehouseIOManager(home=home),
@@ -42,5 +45,6 @@ def build_definitions(home: str = "", tracking_uri: str = "") -> Definitions:
             "project_home": ProjectHome(path=home),
             "sid_check_thresholds": SidCheckThresholds(),
             "pipes_subprocess_client": PipesSubprocessClient(),  # launcher='pipes_subprocess' of unisid_model
+            "incoming_ads": IncomingAds(home=home),
         },
     )

@@ -52,7 +52,7 @@ def ingested_tables(context: AssetExecutionContext, config: Ingestion, mlflow: M
         for name, frame in (("rejected_ads", result.rejected_ads), ("rejected_interactions", result.rejected_interactions)):
             if frame.height:
                 run.log_table(frame, f"{name}.parquet")
-        meta = run_metadata(run, mlflow.ui_url)
+        meta = run_metadata(run, mlflow.ui_base)
     for name in ("rejected_ads", "rejected_interactions"):
         frame = getattr(result, name)
         if frame.height:
@@ -89,7 +89,7 @@ def user_sequences(context: AssetExecutionContext, config: Sequences, mlflow: Ml
     with mlflow.run_for(context, params={"max_history": config.max_history}) as run:
         seqs, info = build_user_sequences(ad_interactions, max_history=config.max_history)
         run.log_metrics(info)
-        meta = run_metadata(run, mlflow.ui_url)
+        meta = run_metadata(run, mlflow.ui_base)
     context.log.info(f"{info['n_users']:,} users with sequences; {info['n_users_too_short']:,} too short to split")
     return Output(seqs, metadata={**table_metadata(seqs.head(10).with_columns(pl.col(pl.List(pl.Int64)).cast(pl.List(pl.Utf8)).list.join(" "))),
                                   **meta, "dagster/row_count": MetadataValue.int(seqs.height),

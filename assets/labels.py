@@ -48,7 +48,7 @@ def ad_hierarchy_labels(context: AssetExecutionContext, config: HierarchyConfig,
         run.log_dict(info, "hierarchy_info.json")
         n_per_level = {c: labels[c].n_unique() for c in ("level_1", "level_2", "level_3")}
         run.log_metrics({f"n_{k}": v for k, v in n_per_level.items()})
-        meta = run_metadata(run, mlflow.ui_url)
+        meta = run_metadata(run, mlflow.ui_base)
     return Output(labels, metadata={
         **meta, "dagster/row_count": labels.height, "hierarchy_source": info["hierarchy_source"],
         "labels_per_level": MetadataValue.json(n_per_level),

@@ -9,6 +9,7 @@ from pydantic import Field
 from assets.config import mirror, to_core
 from assets.metadata import figure_metadata, markdown_table, run_metadata
 from assets.resources import MlflowTracking
+from assets.tokenizers import loss_figure
 from unisid_pipeline.embeddings import frame_to_embeddings
 from unisid_pipeline.recommender import RecommenderConfig, evaluate_recommender, train_recommender
 from unisid_pipeline.reporting import comparison_figure, summarize_runs
@@ -35,7 +36,7 @@ def recommender_asset(method: str):
     def _rec(context: AssetExecutionContext, config: RecommenderRun, mlflow: MlflowTracking,
              sids: pl.DataFrame, user_sequences: pl.DataFrame) -> Output[dict]:
         base = to_core(config.model, RecommenderConfig)
-        rows, models = [], {}
+        rows, models, curves = [], {}, {}
         with mlflow.run_for(context, params={**base.to_dict(), "seeds": config.seeds, "method": method,
                                              "sid_model_version": sids["model_version"][0]}) as run:
             for seed in config.seeds:
@@ -58,12 +59,19 @@ def recommender_asset(method: str):
                              "epochs_run": len(history),
                              "train_seconds": train_s, "eval_users_per_s": float(test.get("users_per_s", 0.0))})
                 models[seed] = model.to_checkpoint()
+                curves[f"seed{seed}_train_loss"] = [r["train_loss"] for r in history]
             results = pl.DataFrame(rows)
             run.log_table(results, "test_metrics.parquet")
-            meta = run_metadata(run, mlflow.ui_url)
+            n = max(len(c) for c in curves.values())
+            fig = loss_figure({"epoch": list(range(1, n + 1)),
+                               **{k: c + [float("nan")] * (n - len(c)) for k, c in curves.items()}},
+                              "epoch", list(curves), f"Recommender on {method} SIDs: training loss")
+            run.log_figure(fig, "loss_curve.png")
+            meta = run_metadata(run, mlflow.ui_base)
         return Output({"method": method, "results": results, "checkpoints": models,
                        "sid_model_version": sids["model_version"][0]},
                       metadata={**meta, "test_metrics": MetadataValue.md(markdown_table(results)),
+                                "loss_curve": figure_metadata(fig),
                                 **{f"test_{k}": float(results[k].mean()) for k in ("recall@10", "ndcg@10")}})
 
     return _rec
@@ -102,7 +110,7 @@ def downstream_eval(context: AssetExecutionContext, config: EvalConfig, mlflow: 
             champion = f"models:/{name}@champion (version {ver})"
             context.log.info(f"champion tokenizer: {best} -> {champion}")
         run.set_tags({"champion_method": best})
-        meta = run_metadata(run, mlflow.ui_url)
+        meta = run_metadata(run, mlflow.ui_base)
     return Output(table, metadata={**meta, "comparison": MetadataValue.md(markdown_table(table, max_chars=24)),
                                    "champion_method": best, "champion_model": champion or "not registered",
                                    "plot": figure_metadata(fig), "dagster/row_count": table.height})
@@ -138,7 +146,7 @@ def embedding_retrieval_eval(context: AssetExecutionContext, config: RetrievalCo
             run.log_metrics({f"{name}.{k}": v for k, v in res.items()})
         table = pl.DataFrame(rows)
         run.log_table(table, "embedding_retrieval.parquet")
-        meta = run_metadata(run, mlflow.ui_url)
+        meta = run_metadata(run, mlflow.ui_base)
     return Output(table, metadata={**meta, "results": MetadataValue.md(markdown_table(table)),
                                    "dagster/row_count": table.height})
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import polars as pl
 from dagster import ConfigurableIOManager, ConfigurableResource, InitResourceContext, InputContext, OutputContext
+from pydantic import Field
 
 from assets.config import check_run_config, op_config_classes
 from unisid_pipeline import paths, warehouse
@@ -70,6 +71,10 @@ class WarehouseIOManager(ConfigurableIOManager):
             ) from None
 
 
+UI_URL_ENV = "UNISID_MLFLOW_UI_URL"
+DEFAULT_UI_URL = "http://127.0.0.1:5000"  # `make mlflow-ui`
+
+
 class MlflowTracking(ConfigurableResource):
     """One MLflow run per asset materialization, tagged with the Dagster run id and asset key.
 
@@ -80,7 +85,12 @@ class MlflowTracking(ConfigurableResource):
     home: str = ""
     tracking_uri: str = ""
     experiment_name: str = "unisid_pipeline"
-    ui_url: str = "http://127.0.0.1:5000"
+    ui_url: str = Field("", description=f'MLflow UI base URL for the run links in asset metadata; "" = ${UI_URL_ENV}, '
+                        f"else {DEFAULT_UI_URL}")
+
+    @property
+    def ui_base(self) -> str:
+        return (self.ui_url or os.environ.get(UI_URL_ENV) or DEFAULT_UI_URL).rstrip("/")
 
     def resolved_uri(self) -> str:
         return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or paths.mlflow_uri(paths.project_home(self.home or None))
@@ -111,5 +121,5 @@ class MlflowTracking(ConfigurableResource):
         run_name = f"{context.op_handle.name if hasattr(context, 'op_handle') else keys[0]}-{context.run_id[:8]}"
         with open_run(self.resolved_uri(), self.experiment_name, run_name, tags, params,
                       artifact_root=paths.mlflow_artifacts(home)) as run:
-            context.log.info(f"MLflow run {run.run_id} ({run.url(self.ui_url)})")
+            context.log.info(f"MLflow run {run.run_id} ({run.url(self.ui_base)})")
             yield run

@@ -43,7 +43,7 @@ def _progress_logger(context: AssetExecutionContext, what: str, run=None):
     return progress
 
 
-@asset(group_name=GROUP, kinds={"duckdb", "mlflow"}, owners=["team:summaries"], tags={"stage": "summaries"})
+@asset(group_name=GROUP, kinds={"torch", "duckdb", "mlflow"}, owners=["team:summaries"], tags={"stage": "summaries"})
 def ad_summaries(context: AssetExecutionContext, config: SummaryRun, mlflow: MlflowTracking,
                  project_home: ProjectHome, raw_ads: pl.DataFrame) -> Output[pl.DataFrame]:
     """One short LLM summary per ad (audience, selling points, promotion): UniSID's reconstruction target.
@@ -80,7 +80,7 @@ def ad_summaries(context: AssetExecutionContext, config: SummaryRun, mlflow: Mlf
             run.log_text(markdown_table(sample, max_rows=20, max_chars=200), "sample_summaries.md")
             if hasattr(summarizer, "prompt_text"):
                 run.log_text(str(summarizer.prompt_text), "prompt.txt")
-            meta = run_metadata(run, mlflow.ui_url)
+            meta = run_metadata(run, mlflow.ui_base)
         if config.export_cache:
             n = cache.export_parquet(config.export_cache)
             context.log.info(f"exported {n:,} cached summaries to {config.export_cache}")
@@ -127,7 +127,7 @@ def ad_text_embeddings(context: AssetExecutionContext, config: EmbeddingRun, mlf
         seconds = time.perf_counter() - t0
         run.log_metrics({"n_ads": len(ad_ids), "seconds": seconds, "dim": x.shape[1],
                          "ads_per_s": len(ad_ids) / seconds if seconds > 0 else 0.0})
-        meta = run_metadata(run, mlflow.ui_url)
+        meta = run_metadata(run, mlflow.ui_base)
     frame = embeddings_to_frame(ad_ids, x)
     return Output(frame, metadata={**meta, "dagster/row_count": frame.height, "dim": int(x.shape[1]),
                                    "model_id": encoder.model_id, "seconds": seconds})

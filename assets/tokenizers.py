@@ -101,7 +101,7 @@ def _fit_rq_tokenizer(context: AssetExecutionContext, config: Config, mlflow: Ml
         run.log_metrics({"train_seconds": seconds})
         trained = finish_tokenizer(context, run, method, model, history, {"train_seconds": seconds},
                                    config.register_model, recipe=_recipe(config, ad_ids, x), codes=model.encode(x))
-        metadata = {**run_metadata(run, mlflow.ui_url), "version": trained.version, "train_seconds": seconds,
+        metadata = {**run_metadata(run, mlflow.ui_base), "version": trained.version, "train_seconds": seconds,
                     **extra(run, history)}
     return Output(trained, metadata=metadata)
 
@@ -118,6 +118,18 @@ def _describe_epoch(core: RQVAEConfig, row: dict) -> str | None:
     return f"rq_vae epoch {row['epoch']}/{core.epochs}: loss {row['loss']:.4f} recon {row['recon_loss']:.4f} usage {usage}"
 
 
+def _rq_kmeans_plots(run, history: dict) -> dict:
+    """Per-level table and the k-means loss curve: inertia per Lloyd iteration, one line per level."""
+    curves = {f"inertia_level_{l}": [float(v) for v in c] for l, c in zip(history["level"], history["inertia_curve"])}
+    n = max((len(c) for c in curves.values()), default=0)
+    padded = {"iteration": list(range(1, n + 1)), **{k: c + [float("nan")] * (n - len(c)) for k, c in curves.items()}}
+    fig = loss_figure(padded, "iteration", list(curves), "RQ-KMeans: inertia per Lloyd iteration")
+    run.log_figure(fig, "loss_curve.png")
+    return {"per_level": MetadataValue.md(markdown_table(pl.DataFrame(
+                {k: v for k, v in history.items() if k != "inertia_curve"}))),
+            "loss_curve": figure_metadata(fig)}
+
+
 def _rq_vae_plots(run, history: dict) -> dict:
     fig = loss_figure(history, "epoch", ["loss", "recon_loss", "commitment_loss"], "RQ-VAE training")
     run.log_figure(fig, "loss_curve.png")
@@ -131,9 +143,7 @@ def rq_kmeans_model(context: AssetExecutionContext, config: RQKMeansRun, mlflow:
     return _fit_rq_tokenizer(
         context, config, mlflow, ad_text_embeddings, "rq_kmeans", RQKMeansConfig,
         lambda core, x, seed, device, callback: fit_rq_kmeans(core, x, seed=seed, device=device, on_level=callback),
-        "level", _describe_level,
-        lambda run, history: {"per_level": MetadataValue.md(markdown_table(pl.DataFrame(
-            {k: v for k, v in history.items() if k != "inertia_curve"})))})
+        "level", _describe_level, _rq_kmeans_plots)
 
 
 @asset(group_name=GROUP, kinds={"torch", "mlflow"}, owners=["team:tokenizers"], tags={"stage": "tokenizers"})
@@ -189,7 +199,7 @@ def sid_table_asset(method: str, model_asset: str, inputs: dict[str, AssetIn],
                              "sid_length": info["sid_length"], "n_reassigned": info["n_reassigned"]})
             run.log_dict(info, "sid_info.json")
             run.log_table(table, f"{method}_sids.parquet")
-            meta = run_metadata(run, mlflow.ui_url)
+            meta = run_metadata(run, mlflow.ui_base)
         context.log.info(f"{method}: collision rate {pre['collision_rate']:.4f} -> {post['collision_rate']:.4f} "
                          f"({info['resolution_used']}; SID length {info['sid_length']})")
         if info["fallback_reason"]:

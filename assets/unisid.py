@@ -142,7 +142,7 @@ def unisid_model(context: AssetExecutionContext, config: UniSIDRun, mlflow: Mlfl
                                    config.register_model, recipe=recipe, codes=codes)
         trained.info["outputs"] = {"ad_ids": raw_ads["ad_id"].to_numpy(), "codes": codes, "embeddings": emb,
                                    "last_logits": last_logits}
-        meta = run_metadata(run, mlflow.ui_url)
+        meta = run_metadata(run, mlflow.ui_base)
     epochs = pl.DataFrame(history["epoch"]) if history["epoch"] else pl.DataFrame()
     return Output(trained, metadata={**meta, **pipes_meta, "version": trained.version, "train_seconds": train_s,
                                      "launcher": config.launcher, "world_size": world,
@@ -158,13 +158,19 @@ def _encode_unisid(trained: TrainedTokenizer, inputs: dict):
 unisid_sids = sid_table_asset("unisid", "unisid_model", {}, _encode_unisid)
 
 
-@asset(group_name=GROUP, kinds={"polars", "duckdb"}, owners=["team:tokenizers"], tags={"stage": "tokenizers"},
+@asset(group_name=GROUP, kinds={"polars", "duckdb", "mlflow"}, owners=["team:tokenizers"], tags={"stage": "tokenizers"},
        ins={"trained": AssetIn("unisid_model")})
-def unisid_embeddings(trained: TrainedTokenizer) -> Output[pl.DataFrame]:
+def unisid_embeddings(context: AssetExecutionContext, mlflow: MlflowTracking, trained: TrainedTokenizer) -> Output[pl.DataFrame]:
     """The dense ad embedding UniSID emits beside the SID (L2-normalised), for ad-to-ad retrieval."""
     out = trained.info["outputs"]
-    frame = embeddings_to_frame(out["ad_ids"], np.asarray(out["embeddings"], dtype=np.float32))
-    return Output(frame, metadata={"dagster/row_count": frame.height, "dim": int(out["embeddings"].shape[1]),
+    x = np.asarray(out["embeddings"], dtype=np.float32)
+    frame = embeddings_to_frame(out["ad_ids"], x)
+    with mlflow.run_for(context, params={"model_version": trained.version}) as run:
+        norms = np.linalg.norm(x, axis=1)
+        run.log_metrics({"n_ads": frame.height, "dim": x.shape[1], "min_norm": float(norms.min()),
+                         "max_norm": float(norms.max())})
+        meta = run_metadata(run, mlflow.ui_base)
+    return Output(frame, metadata={**meta, "dagster/row_count": frame.height, "dim": int(x.shape[1]),
                                    "model_version": trained.version})
 
 

@@ -31,3 +31,33 @@ def test_mirror_passes_values_through():
     cfg = Ingestion(synthetic=SyntheticWorld(n_ads=50, seed=9), timestamp_order="sort")
     core = to_core(cfg, IngestionConfig)
     assert core.synthetic.n_ads == 50 and core.synthetic.seed == 9 and core.timestamp_order == "sort"
+
+
+def test_mlflow_ui_base_url_is_configurable(monkeypatch):
+    from assets.resources import MlflowTracking
+
+    monkeypatch.delenv("UNISID_MLFLOW_UI_URL", raising=False)
+    assert MlflowTracking().ui_base == "http://127.0.0.1:5000"  # make mlflow-ui
+    monkeypatch.setenv("UNISID_MLFLOW_UI_URL", "http://mlflow.internal:8080/")
+    assert MlflowTracking().ui_base == "http://mlflow.internal:8080"
+    assert MlflowTracking(ui_url="http://other:5001").ui_base == "http://other:5001"  # resource config wins
+
+
+def _core_configs():
+    from unisid_pipeline.embeddings import TextEncoderConfig
+    from unisid_pipeline.llm import SummarizerConfig
+    from unisid_pipeline.models.rq import RQKMeansConfig, RQVAEConfig
+    from unisid_pipeline.recommender import RecommenderConfig
+    from unisid_pipeline.unisid import UniSIDTrainConfig
+
+    return [SummarizerConfig, TextEncoderConfig, RQKMeansConfig, RQVAEConfig, UniSIDTrainConfig, RecommenderConfig]
+
+
+@pytest.mark.parametrize("core", _core_configs(), ids=lambda c: c.__name__)
+def test_generated_launchpad_configs_mirror_their_core_dataclass(core):
+    """The launchpad shows exactly the core fields with the core defaults (nested configs included)."""
+    from assets.config import mirror
+
+    generated = mirror(core)
+    assert set(generated.model_fields) == {f.name for f in dataclasses.fields(core)}
+    assert to_core(generated(), core) == core()

@@ -162,3 +162,27 @@ def test_rematerializing_with_same_config_and_data_changes_nothing(materialized)
     for name, frame in _caches(home).items():
         assert frame.equals(caches[name]), name  # same rows, no duplicates, created_at kept
     assert {n: sorted(v.version for v in client.search_model_versions(f"name = '{n}'")) for n in registry} == registry
+
+
+def test_every_materialization_links_its_mlflow_run_and_training_assets_plot_their_loss(materialized):
+    """What a person looks at in the UI: a link to the MLflow run on every asset, a loss curve on every trainer."""
+    _, result = materialized
+    mats = {m.asset_key.to_user_string(): m.metadata
+            for m in (e.event_specific_data.materialization for e in result.get_asset_materialization_events())}
+    assert len(mats) == 21
+    for key, meta in mats.items():
+        assert meta["mlflow_run"].value.startswith("http://127.0.0.1:5000/#/experiments/"), key
+    for key in ("rq_kmeans_model", "rq_vae_model", "unisid_model", "recommender_rq_kmeans", "recommender_rq_vae",
+                "recommender_unisid"):
+        assert meta_png(mats[key]["loss_curve"].value), key
+    for key in ("plot_bucket_sizes", "plot_codebook_usage", "plot_v_measure"):
+        assert meta_png(mats["sid_collision_report"][key].value), key
+    assert meta_png(mats["downstream_eval"]["plot"].value)
+
+
+def meta_png(markdown: str) -> bool:
+    import base64
+    import re
+
+    m = re.fullmatch(r"!\[plot\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown)
+    return bool(m) and base64.b64decode(m.group(1)).startswith(b"\x89PNG")
