@@ -320,3 +320,12 @@ def test_config_validation_names_the_field(ads):
         train_unisid(train_cfg(rec_target="summary"), ads, None, labels_of(ads), seed=0, device="cpu")
     with pytest.raises(ValueError, match="level_labels"):
         train_unisid(train_cfg(), ads, None, labels_of(ads)[:, :2], seed=0, device="cpu")
+
+
+def test_rec_decoder_auto_is_frozen_smollm2_on_cuda_and_tiny_on_cpu():
+    from unisid_pipeline.unisid.config import resolve_rec_decoder
+
+    assert UniSIDTrainConfig().rec_decoder == "auto"
+    assert resolve_rec_decoder("auto", "cuda") == "smollm2"
+    assert resolve_rec_decoder("auto", "cpu") == "tiny"
+    assert resolve_rec_decoder("/models/gpt", "cuda") == "/models/gpt"

