@@ -62,7 +62,7 @@ def rq_kmeans_catalog_sids(context: AssetExecutionContext, mlflow: MlflowTrackin
                          "collision_rate_post": info["post"]["collision_rate"]})
         if info["n_new"]:
             run.log_table(rows, "new_ad_sids.parquet")
-        meta = run_metadata(run, mlflow.ui_url)
+        meta = run_metadata(run, mlflow.ui_base)
     context.log.info(f"{info['n_new']:,} new ads got SIDs ({info['n_new_colliding']:,} resolved against existing "
                      f"ones); {info['n_existing']:,} SIDs kept unchanged")
     return Output(table, metadata={**meta, "dagster/row_count": table.height, "n_new": info["n_new"],
