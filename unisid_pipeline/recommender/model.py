@@ -46,7 +46,8 @@ class RecommenderConfig:
 
     ``valid_max_users`` evaluates early stopping on a fixed random subset of validation users
     (None = all), ``max_train_seconds`` stops training after the first epoch that ends past this
-    wall-clock budget (validating it; None = no budget), ``bf16`` runs training and decoding under bfloat16 autocast (weights stay fp32),
+    wall-clock budget (validating it; None = no budget), ``bf16`` runs training and decoding under
+    bfloat16 autocast (weights stay fp32),
     ``compile`` runs the training forward/backward through ``torch.compile(mode=compile_mode)``
     with static shapes (histories padded to max_history items, the last partial batch of each epoch
     dropped): on CUDA the small model is launch-bound, and "reduce-overhead" (CUDA graphs) cut an

