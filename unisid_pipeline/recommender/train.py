@@ -243,9 +243,11 @@ def _train_recommender(
             "train_loss": train_loss / n_used,
             "lr": float(sched.get_last_lr()[0]),
         }
-        out_of_time = config.max_train_seconds is not None and time.perf_counter() - started >= config.max_train_seconds
-        if ctx.enabled:  # every rank must stop at the same epoch
-            out_of_time = ctx.all_reduce({"t": float(out_of_time)})["t"] > 0
+        out_of_time = False
+        if config.max_train_seconds is not None:
+            out_of_time = time.perf_counter() - started >= config.max_train_seconds
+            if ctx.enabled:  # every rank must stop at the same epoch
+                out_of_time = ctx.all_reduce({"t": float(out_of_time)})["t"] > 0
         evaluated = epoch % eval_every == 0 or epoch == config.epochs or out_of_time
         metrics = _evaluate_examples(model, valid_ex, ctx) if evaluated else None
         for key in ("recall@1", "recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "mrr"):
