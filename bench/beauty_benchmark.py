@@ -104,6 +104,7 @@ def tokenize(args) -> None:
 
 def train(args) -> None:
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     procs = []
     for method in args.methods:
         for seed in args.seeds:
@@ -117,8 +118,12 @@ def train(args) -> None:
                    "--lr", str(args.rec_lr), "--warmup-steps", str(args.rec_warmup), "--patience", str(args.rec_patience),
                    "--eval-every", str(args.rec_eval_every), "--valid-max-users", str(args.valid_max_users),
                    "--eval-batch-size", str(args.eval_batch_size), "--json-out", str(js)]
+            cmd += ["--lr-schedule", args.rec_lr_schedule, "--dropout", str(args.rec_dropout),
+                    "--weight-decay", str(args.rec_weight_decay), "--length-pool-batches", str(args.rec_length_pool)]
             if args.rec_max_seconds:
                 cmd += ["--max-train-seconds", str(args.rec_max_seconds)]
+            if args.rec_no_user_token:
+                cmd.append("--no-user-token")
             if args.bf16:
                 cmd.append("--bf16")
             if args.compile:
@@ -159,9 +164,9 @@ def summarize(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", choices=["tokenize", "train", "summarize", "all"])
-    ap.add_argument("--data", default="bench/out/beauty_gpu")
+    ap.add_argument("--data", default="bench/out/beauty")
     ap.add_argument("--out", default="bench/out/beauty_results")
-    ap.add_argument("--embeddings", default="embeddings16.parquet")
+    ap.add_argument("--embeddings", default="embeddings.parquet")
     ap.add_argument("--methods", nargs="+", default=["rq_vae", "rq_kmeans", "unisid"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--device", default="cuda")
@@ -178,6 +183,12 @@ def main() -> None:
     ap.add_argument("--rec-lr", type=float, default=1e-3)
     ap.add_argument("--rec-warmup", type=int, default=1000)
     ap.add_argument("--rec-patience", type=int, default=5)
+    ap.add_argument("--rec-lr-schedule", default="inverse_sqrt", choices=("inverse_sqrt", "constant", "cosine"))
+    ap.add_argument("--rec-dropout", type=float, default=0.1)
+    ap.add_argument("--rec-weight-decay", type=float, default=0.01)
+    ap.add_argument("--rec-no-user-token", action="store_true", help="no hashed user token in the encoder input")
+    ap.add_argument("--rec-length-pool", type=int, default=1,
+                    help="RecommenderConfig.length_pool_batches (group rows of similar history length; 1 = off)")
     ap.add_argument("--rec-eval-every", type=int, default=2)
     ap.add_argument("--valid-max-users", type=int, default=5000)
     ap.add_argument("--compile", action="store_true")

@@ -2,7 +2,9 @@
 
 Writes to --out (default bench/out/beauty): ads.parquet (raw_ads schema), sequences.parquet
 (user_sequences, leave-one-out, history <= 20), embeddings.parquet (MiniLM title embeddings,
-the RQ baselines' input) and, with --summaries template|llm, summaries.parquet.
+the RQ baselines' input), labels.parquet (the 8x8x8 hierarchy derived from those embeddings, as
+the `ad_hierarchy_labels` asset derives it: UniSID's L_sid targets and the V-measure reference)
+and, with --summaries template|llm, summaries.parquet.
 
     python bench/beauty_prepare.py --beauty-dir ../shared/data/amazon-beauty-2014
 """
@@ -18,6 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from unisid_pipeline.data.ingest import IngestionConfig, ingest  # noqa: E402
 from unisid_pipeline.data.schema import ad_text  # noqa: E402
 from unisid_pipeline.data.sequences import build_user_sequences  # noqa: E402
+from unisid_pipeline.hierarchy import derive_hierarchy  # noqa: E402
 from unisid_pipeline.embeddings import TextEncoder, embed_texts_cached, embeddings_to_frame  # noqa: E402
 
 
@@ -41,6 +44,9 @@ def main() -> None:
     x = embed_texts_cached(res.raw_ads["ad_id"].to_list(), ad_text(res.raw_ads).to_list(), enc, args.cache)
     embeddings_to_frame(res.raw_ads["ad_id"].to_list(), x).write_parquet(out / "embeddings.parquet")
     print(f"embeddings {x.shape} in {time.perf_counter() - t0:.1f}s ({enc.model_id})")
+    labels, info = derive_hierarchy(x, res.raw_ads["ad_id"].to_numpy(), branching=(8, 8, 8), seed=0)
+    labels.write_parquet(out / "labels.parquet")
+    print(f"labels: derived hierarchy {info}")
     if args.summaries != "none":
         from unisid_pipeline.llm import SummarizerConfig, SummaryCache, build_summarizer, summarize_ads
 

@@ -122,7 +122,8 @@ def test_trie_lookup_matches_the_set_of_valid_sids() -> None:
 @pytest.mark.parametrize(
     "field, value",
     [("d_model", 0), ("dropout", 1.0), ("beam_size", 0), ("lr_schedule", "linear"), ("n_user_buckets", 0),
-     ("lr", 0.0), ("valid_max_users", 0), ("device", ""), ("max_train_seconds", 0.0)],
+     ("lr", 0.0), ("valid_max_users", 0), ("device", ""), ("max_train_seconds", 0.0),
+     ("length_pool_batches", 0), ("compile_length_step", 21)],
 )
 def test_config_validation_names_the_field(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
@@ -240,3 +241,43 @@ def test_learns_a_predictable_sequence_and_restores_best_weights() -> None:
     best = max((r["valid_recall@10"], r["valid_ndcg@10"]) for r in history)
     valid = evaluate_recommender(model, seqs, split="valid")
     assert (valid["recall@10"], valid["ndcg@10"]) == best
+
+
+# ---------------------------------------------------------------------------------------------- batching
+def test_length_grouped_epoch_visits_every_row_once_in_shorter_padded_batches() -> None:
+    from unisid_pipeline.recommender.batching import epoch_batches
+
+    rng = np.random.default_rng(0)
+    lengths = torch.from_numpy(np.minimum(rng.geometric(0.15, 5000), 20))
+    plain = epoch_batches(lengths, 64, torch.Generator().manual_seed(3))
+    grouped = epoch_batches(lengths, 64, torch.Generator().manual_seed(3), pool_batches=16)
+    for plan in (plain, grouped):
+        assert sorted(torch.cat(plan).tolist()) == list(range(5000))
+    pad = lambda plan: sum(len(b) * int(lengths[b].max()) for b in plan)  # noqa: E731  padded history slots
+    assert pad(grouped) < 0.7 * pad(plain)
+    # the same generator state gives the same plan (every DDP rank draws it alike); drop_last keeps full batches
+    again = epoch_batches(lengths, 64, torch.Generator().manual_seed(3), pool_batches=16)
+    assert all(torch.equal(a, b) for a, b in zip(grouped, again))
+    dropped = epoch_batches(lengths, 64, torch.Generator().manual_seed(3), pool_batches=16, drop_last=True)
+    assert {len(b) for b in dropped} == {64} and len(torch.cat(dropped)) == 5000 - 5000 % 64
+
+
+def test_plain_batches_are_the_epoch_permutation_cut_in_order() -> None:
+    from unisid_pipeline.recommender.batching import epoch_batches, padded_length
+
+    lengths = torch.ones(10, dtype=torch.int64)
+    plan = epoch_batches(lengths, 4, torch.Generator().manual_seed(1))
+    assert torch.equal(torch.cat(plan), torch.randperm(10, generator=torch.Generator().manual_seed(1)))
+    assert [len(b) for b in plan] == [4, 4, 2]
+    assert [padded_length(n, 20, 4) for n in (0, 1, 4, 5, 19, 20)] == [4, 4, 4, 8, 20, 20]
+    assert padded_length(7, 20, 20) == 20 and padded_length(7, 20, 1) == 7
+
+
+def test_length_grouped_training_learns_like_plain_training() -> None:
+    ad_ids, codes = sparse_catalog(30, (8, 8), seed=8)
+    seqs = chain_sequences(ad_ids, n_users=60, length=10, seed=1)
+    cfg = RecommenderConfig(**{**TINY, "max_history": 3, "use_user_token": False, "dropout": 0.0, "lr": 3e-3,
+                               "lr_schedule": "constant", "warmup_steps": 10, "batch_size": 32, "epochs": 8,
+                               "patience": 3, "beam_size": 20, "length_pool_batches": 4})
+    model, _ = train_recommender(cfg, (ad_ids, codes), seqs, seed=0, device="cpu")
+    assert evaluate_recommender(model, seqs, split="test")["recall@1"] > 0.8

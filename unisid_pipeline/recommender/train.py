@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from unisid_pipeline.recommender.batching import epoch_batches, padded_length
 from unisid_pipeline.recommender.evaluate import check_sequences, rank_histories
 from unisid_pipeline.recommender.model import GenerativeRecommender, RecommenderConfig, autocast_ctx
 from unisid_pipeline.recommender.vocab import SIDVocab
@@ -193,11 +194,14 @@ def _train_recommender(
         fused=dev.type == "cuda",
     )
     t5_train = ctx.wrap(model.t5)  # DDP under torchrun, model.t5 itself in one process
-    t5_fwd = torch.compile(t5_train, mode=config.compile_mode) if config.compile else t5_train
+    t5_fwd = torch.compile(t5_train, mode=config.compile_mode, dynamic=False) if config.compile else t5_train
     n = len(train_ex)
     # static shapes under torch.compile: drop the last partial batch (reshuffled every epoch)
     n_used = n if not config.compile or n < config.batch_size else n - n % config.batch_size
     steps_per_epoch = math.ceil(n_used / config.batch_size)
+    lengths = torch.from_numpy((train_ex.history_idx >= 0).sum(1))  # CPU: batch widths need no device sync
+    # eager: each batch trimmed to its longest history; compiled: rounded up to one of few static widths
+    granularity = (config.compile_length_step or config.max_history) if config.compile else 1
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda(config, steps_per_epoch * config.epochs))
     logger.info(
         "training recommender: %d train examples, %d valid users, %d items, vocab %d, %d params, device %s",
@@ -212,10 +216,9 @@ def _train_recommender(
     for epoch in range(1, config.epochs + 1):
         t0 = time.perf_counter()
         model.train()
-        perm = torch.randperm(n, generator=gen).to(dev)
+        plan = epoch_batches(lengths, config.batch_size, gen, config.length_pool_batches, drop_last=config.compile)
         loss_sum = torch.zeros((), device=dev)
-        for start in range(0, n_used, config.batch_size):
-            rows = perm[start : start + config.batch_size]
+        for rows in plan:
             n_rows, weight = rows.numel(), None
             if ctx.enabled:
                 # this rank's share of the global batch, its mean loss weighted by share * world_size: DDP's
@@ -224,8 +227,10 @@ def _train_recommender(
                 lo, hi = ctx.shard(n_rows)
                 weight = (hi - lo) * ctx.world_size / n_rows
                 rows = rows[lo:hi] if hi > lo else rows[:1]
+            width = padded_length(int(lengths[rows].max()), config.max_history, granularity)
+            rows = rows.to(dev, non_blocking=True)
             input_ids, mask = model.assemble_inputs(
-                hist_t[rows], None if utok_t is None else utok_t[rows], trim=not config.compile
+                hist_t[rows], None if utok_t is None else utok_t[rows], trim=False, n_columns=width
             )
             with autocast_ctx(dev, config.bf16):
                 loss = t5_fwd(input_ids=input_ids, attention_mask=mask, labels=model.target_labels(tgt_t[rows])).loss
