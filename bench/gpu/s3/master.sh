@@ -1,4 +1,5 @@
-# The whole Beauty run, started in the background: setsid nohup bash /tmp/repo/bench/gpu/s3/master.sh &
+# The planned session-3 run (see README.md here: 7 of its 11 recommenders died of CUDA OOM and the machine was lost;
+# rescue.sh produced the results). Started in the background: setsid nohup bash /tmp/repo/bench/gpu/s3/master.sh &
 # Tokenizers (RQ-VAE, RQ-KMeans, UniSID; seeds 0-2) -> one TIGER recommender per (method, seed), all
 # started together under the same time budget, plus ablation runs on seed 0 -> touch $R/M.done
 source /tmp/repo/bench/gpu/s3/env.sh
