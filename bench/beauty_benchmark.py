@@ -187,7 +187,7 @@ def main() -> None:
     ap.add_argument("--rec-dropout", type=float, default=0.1)
     ap.add_argument("--rec-weight-decay", type=float, default=0.01)
     ap.add_argument("--rec-no-user-token", action="store_true", help="no hashed user token in the encoder input")
-    ap.add_argument("--rec-length-pool", type=int, default=1,
+    ap.add_argument("--rec-length-pool", type=int, default=8,
                     help="RecommenderConfig.length_pool_batches (group rows of similar history length; 1 = off)")
     ap.add_argument("--rec-eval-every", type=int, default=2)
     ap.add_argument("--valid-max-users", type=int, default=5000)

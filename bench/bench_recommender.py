@@ -86,7 +86,7 @@ def main() -> None:
     p.add_argument("--valid-max-users", type=int, default=None)
     p.add_argument("--max-train-seconds", type=float, default=None, help="stop after the epoch that ends past this budget")
     p.add_argument("--max-history", type=int, default=20)
-    p.add_argument("--length-pool-batches", type=int, default=1,
+    p.add_argument("--length-pool-batches", type=int, default=8,
                    help="group training rows of similar history length (pools of this many batches); 1 = plain random")
     p.add_argument("--compile-length-step", type=int, default=None,
                    help="under --compile: pad batches to a multiple of this many items (default: always max-history)")
