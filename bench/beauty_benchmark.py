@@ -7,8 +7,8 @@ Stages (each also runs on its own):
             (bench/bench_recommender.py --json-out), wait, and print the comparison table
 The inputs come from bench/beauty_prepare.py (ads, sequences, title embeddings, summaries, labels).
 
-    python bench/beauty_benchmark.py all --data bench/out/beauty_gpu --out bench/out/beauty_results \
-        --device cuda --backbone .beauty_minilm --seeds 0 1 2
+    python bench/beauty_benchmark.py all --data bench/out/beauty --out bench/out/beauty_results \
+        --device cuda --backbone <MiniLM folder> --seeds 0 1 2
 """
 from __future__ import annotations
 

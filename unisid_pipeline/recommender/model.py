@@ -57,8 +57,8 @@ class RecommenderConfig:
     pool of that many batches of the epoch's permutation is sorted by length, the batch order is
     shuffled; see `recommender.batching`), so batches pad to their own longest history instead of
     almost always to ``max_history`` (Beauty: 8.0 instead of 20 item slots per row at 8); 1 = plain
-    random batches. Measured on Beauty (CPU, 4,000 users, 2+2 layers d64): 57 vs 115 s per epoch
-    with the same training loss per epoch (BENCHMARKS.md). Under ``compile`` a batch pads to a multiple of ``compile_length_step`` history items
+    random batches. Measured on Beauty (CPU, 4,000 users, 2+2 layers d64): 57 vs 115 s per epoch,
+    training loss per epoch within 0.5% (BENCHMARKS.md). Under ``compile`` a batch pads to a multiple of ``compile_length_step`` history items
     (one compiled shape per multiple; None = always ``max_history``, one shape).
     """
 
