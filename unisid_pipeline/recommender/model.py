@@ -58,8 +58,9 @@ class RecommenderConfig:
     shuffled; see `recommender.batching`), so batches pad to their own longest history instead of
     almost always to ``max_history`` (Beauty: 8.0 instead of 20 item slots per row at 8); 1 = plain
     random batches. Measured on Beauty (CPU, 4,000 users, 2+2 layers d64): 57 vs 115 s per epoch,
-    training loss per epoch within 0.5% (BENCHMARKS.md). Under ``compile`` a batch pads to a multiple of ``compile_length_step`` history items
-    (one compiled shape per multiple; None = always ``max_history``, one shape).
+    training loss per epoch within 0.5% (BENCHMARKS.md). Under ``compile`` a batch pads to a
+    multiple of ``compile_length_step`` history items (one compiled shape per multiple; None =
+    always ``max_history``, one shape).
     """
 
     n_encoder_layers: int = 4
@@ -385,15 +386,17 @@ class GenerativeRecommender(nn.Module):
         if self.config.use_user_token and user_tokens is None:
             raise ValueError("config.use_user_token=True: user_tokens are required")
         history_idx = history_idx.to(self.device)
-        lengths = (history_idx >= 0).sum(1)
         if history_idx.shape[0] == 0:
             raise ValueError("empty batch: history_idx has 0 rows")
-        if trim and not self.config.use_user_token and int(lengths.min()) == 0:
-            raise ValueError("every history needs at least one item when there is no user token")
-        if n_columns is not None:
+        if n_columns is not None:  # the caller's width: no device reduction (the training loop's hot path)
             hmax = n_columns
+        elif trim:
+            lengths = (history_idx >= 0).sum(1)
+            if not self.config.use_user_token and int(lengths.min()) == 0:
+                raise ValueError("every history needs at least one item when there is no user token")
+            hmax = max(int(lengths.max()), 1)
         else:
-            hmax = max(int(lengths.max()), 1) if trim else history_idx.shape[1]
+            hmax = history_idx.shape[1]
         idx = history_idx[:, :hmax]
         toks = self.item_tokens[idx.clamp(min=0)]  # (B, H', L')
         toks = torch.where((idx >= 0)[:, :, None], toks, torch.full_like(toks, PAD_ID)).reshape(idx.shape[0], -1)
