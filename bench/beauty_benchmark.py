@@ -127,7 +127,9 @@ def train(args) -> None:
             if args.bf16:
                 cmd.append("--bf16")
             if args.compile:
-                cmd.append("--compile")
+                cmd += ["--compile", "--compile-mode", args.compile_mode]
+                if args.rec_compile_length_step:
+                    cmd += ["--compile-length-step", str(args.rec_compile_length_step)]
             logf = open(out / f"rec_{method}_s{seed}.log", "w")
             procs.append((method, seed, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)))
             log(f"started recommender {method} seed {seed}")
@@ -191,7 +193,10 @@ def main() -> None:
                     help="RecommenderConfig.length_pool_batches (group rows of similar history length; 1 = off)")
     ap.add_argument("--rec-eval-every", type=int, default=2)
     ap.add_argument("--valid-max-users", type=int, default=5000)
-    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the recommender's training step")
+    ap.add_argument("--compile-mode", default="reduce-overhead", help="torch.compile mode (reduce-overhead = CUDA graphs)")
+    ap.add_argument("--rec-compile-length-step", type=int, default=None,
+                    help="under --compile, pad batches to a multiple of this many history items (None: always 20)")
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--rec-max-seconds", type=float, default=None, help="training time budget of each recommender run")
     ap.add_argument("--sids-dir", default=None, help="read sids_<method>_s<seed>.parquet from here (default: --out)")

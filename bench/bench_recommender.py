@@ -91,6 +91,8 @@ def main() -> None:
     p.add_argument("--compile-length-step", type=int, default=None,
                    help="under --compile: pad batches to a multiple of this many items (default: always max-history)")
     p.add_argument("--no-user-token", action="store_true")
+    p.add_argument("--no-valid-eval", action="store_true",
+                   help="skip the final full-validation ranking (the test split is always ranked)")
     p.add_argument("--save", help="write the trained model checkpoint (torch.save) here")
     p.add_argument("--json-out", help="also write the test/valid metrics and run facts as JSON here")
     args = p.parse_args()
@@ -135,7 +137,7 @@ def main() -> None:
     model, history = train_recommender(cfg, sids, seqs, eval_every=args.eval_every)
     train_s = time.perf_counter() - t0
     test = evaluate_recommender(model, seqs, split="test")
-    valid = evaluate_recommender(model, seqs, split="valid")
+    valid = None if args.no_valid_eval else evaluate_recommender(model, seqs, split="valid")
     if args.save:
         torch.save(model.to_checkpoint(), args.save)
 
@@ -149,7 +151,7 @@ def main() -> None:
     cols = ["split", "R@1", "R@5", "R@10", "R@20", "N@5", "N@10", "MRR", "train s", "beam users/s"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
-    for name, m in (("test", test), ("valid", valid)):
+    for name, m in (("test", test), ("valid", valid)) if valid is not None else (("test", test),):
         vals = [m["recall@1"], m["recall@5"], m["recall@10"], m["recall@20"], m["ndcg@5"], m["ndcg@10"], m["mrr"]]
         print(f"| {name} | " + " | ".join(f"{v:.4f}" for v in vals) + f" | {train_s:.0f} | {m['users_per_s']:.0f} |")
     if args.json_out:

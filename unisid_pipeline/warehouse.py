@@ -6,12 +6,8 @@ Used by the Dagster IO manager and directly by notebooks, benchmarks and tests.
 from __future__ import annotations
 
 import contextlib
-import errno
-import os
 import pickle
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +15,13 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from unisid_pipeline.processes import pid_alive
+from unisid_pipeline.files import (  # noqa: F401  (re-exported: callers import them from here too)
+    DiskFullError,
+    atomic_write_bytes,
+    disk_full_error,
+    is_no_space,
+    remove_dead_temps,
+)
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HOLDER = re.compile(r"Conflicting lock is held in (.*?)(?:\. See|$)", re.S)
@@ -29,30 +31,7 @@ class WarehouseLockedError(RuntimeError):
     """The DuckDB file is held by another process."""
 
 
-class DiskFullError(OSError):
-    """No room left to write under the project home; what was being replaced is still intact."""
-
-
 DEFAULT_LOCK_TIMEOUT_S = 20.0
-_NO_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
-_NO_SPACE_TEXT = ("no space left on device", "disk quota exceeded", "file too large")
-
-
-def is_no_space(exc: BaseException) -> bool:
-    """True for "disk full", "quota exceeded" and "file too large" errors (OSError errno or DuckDB's message)."""
-    if isinstance(exc, OSError) and exc.errno in _NO_SPACE_ERRNOS:
-        return True
-    return any(t in str(exc).lower() for t in _NO_SPACE_TEXT)
-
-
-def disk_full_error(path: Path, what: str, exc: BaseException) -> DiskFullError:
-    """The error to raise when writing `what` to `path` ran out of space: where, how much is free, what to do."""
-    try:
-        free = f"{shutil.disk_usage(Path(path).parent).free / 1e6:,.1f} MB free there"
-    except OSError:
-        free = "free space unknown"
-    return DiskFullError(errno.ENOSPC, f"disk full while writing {what} to {path} ({free}; {exc}). The previous "
-                         "version is intact: free some space or point UNISID_HOME at a bigger disk, then re-run")
 
 
 def table_name(parts: list[str] | tuple[str, ...]) -> str:
@@ -149,35 +128,6 @@ def list_tables(path: Path) -> list[str]:
     with connect(path, read_only=True) as con:
         return [r[0] for r in con.execute(
             "SELECT table_name FROM information_schema.tables ORDER BY table_name").fetchall()]
-
-
-def remove_dead_temps(path: Path) -> list[Path]:
-    """Delete `<name>.tmp<pid>` files beside `path` left by processes that were killed while writing them."""
-    removed = []
-    for tmp in Path(path).parent.glob(Path(path).name + ".tmp*"):
-        pid = tmp.name[len(Path(path).name) + 4:]
-        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
-    return removed
-
-
-def atomic_write_bytes(target: Path, data: bytes) -> None:
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError) and is_no_space(exc):
-            raise disk_full_error(target, "an object", exc) from exc
-        raise
 
 
 def write_object(path: Path, obj: object) -> None:

@@ -7,7 +7,7 @@ import sys
 import polars as pl
 import pytest
 
-from unisid_pipeline import warehouse
+from unisid_pipeline import files, warehouse
 from unisid_pipeline.warehouse import DiskFullError
 
 
@@ -33,7 +33,7 @@ def test_object_write_hitting_enospc_midway_keeps_the_previous_object(tmp_path, 
         def __exit__(self, *exc):
             self.fh.close()
 
-    monkeypatch.setattr(warehouse.os, "fdopen", lambda fd, mode: HalfThenFull(real_fdopen(fd, mode)))
+    monkeypatch.setattr(files.os, "fdopen", lambda fd, mode: HalfThenFull(real_fdopen(fd, mode)))
     with pytest.raises(DiskFullError) as err:
         warehouse.write_object(target, {"version": 2, "payload": "x" * 100_000})
     monkeypatch.undo()
@@ -48,7 +48,7 @@ def test_object_write_hitting_enospc_midway_keeps_the_previous_object(tmp_path, 
 FILLER = """
 import os, resource, signal, sys
 import polars as pl
-from unisid_pipeline import warehouse
+from unisid_pipeline import files, warehouse
 db = sys.argv[1]
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over the limit a write fails with EFBIG instead of killing us
 resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize(db) + 100_000, resource.RLIM_INFINITY))
@@ -89,7 +89,7 @@ import os, resource, signal, sys
 import duckdb
 from test_summarizer import FakeSummarizer
 from test_warehouse import big_ads
-from unisid_pipeline import warehouse
+from unisid_pipeline import files, warehouse
 from unisid_pipeline.llm import SummaryCache, summarize_ads
 db = sys.argv[1]
 cache = SummaryCache(duckdb.connect(db))
@@ -159,3 +159,12 @@ def test_training_checkpoint_hitting_enospc_keeps_the_previous_checkpoint(tmp_pa
     monkeypatch.undo()
     assert [p.name for p in tmp_path.iterdir()] == ["unisid_train_latest.pt"]  # no temp file left
     assert torch.load(tmp_path / "unisid_train_latest.pt", weights_only=False)["step"] == 1  # the previous one, whole
+
+
+def test_torch_stages_import_without_duckdb():
+    """The tokenizers, the SID builder and the recommender need no duckdb (the GPU image has none)."""
+    code = ("import sys; sys.modules['duckdb'] = None\n"
+            "import unisid_pipeline.unisid, unisid_pipeline.recommender, unisid_pipeline.models.rq, unisid_pipeline.sid\n"
+            "import unisid_pipeline.files\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -59,8 +59,10 @@ class RecommenderConfig:
     almost always to ``max_history`` (Beauty: 8.0 instead of 20 item slots per row at 8); 1 = plain
     random batches. Measured on Beauty (CPU, 4,000 users, 2+2 layers d64): 57 vs 115 s per epoch,
     training loss per epoch within 0.5% (BENCHMARKS.md). Under ``compile`` a batch pads to a
-    multiple of ``compile_length_step`` history items (one compiled shape per multiple; None =
-    always ``max_history``, one shape).
+    multiple of ``compile_length_step`` history items (None = always ``max_history``, one static
+    shape); with a step the sequence length is compiled as a dynamic dimension (two compilations in
+    all, measured on the CPU, not one per width), and "reduce-overhead" records one CUDA graph per
+    width.
     """
 
     n_encoder_layers: int = 4

@@ -194,7 +194,11 @@ def _train_recommender(
         fused=dev.type == "cuda",
     )
     t5_train = ctx.wrap(model.t5)  # DDP under torchrun, model.t5 itself in one process
-    t5_fwd = torch.compile(t5_train, mode=config.compile_mode, dynamic=False) if config.compile else t5_train
+    # One padded width (compile_length_step None): one static graph. Several widths: let dynamo mark the
+    # sequence length dynamic after the first change of width (dynamic=None), so the step compiles twice
+    # in all instead of once per width; under "reduce-overhead" each width still gets its own CUDA graph.
+    dynamic = None if config.compile_length_step is not None else False
+    t5_fwd = torch.compile(t5_train, mode=config.compile_mode, dynamic=dynamic) if config.compile else t5_train
     n = len(train_ex)
     # static shapes under torch.compile: drop the last partial batch (reshuffled every epoch)
     n_used = n if not config.compile or n < config.batch_size else n - n % config.batch_size

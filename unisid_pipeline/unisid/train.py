@@ -39,7 +39,7 @@ from unisid_pipeline.unisid.inputs import (
 )
 from unisid_pipeline.unisid.losses import LOSS_KEYS, UniSIDObjective
 from unisid_pipeline.unisid.model import UniSIDModel
-from unisid_pipeline.warehouse import disk_full_error, is_no_space, remove_dead_temps
+from unisid_pipeline.files import disk_full_error, is_no_space, remove_dead_temps
 
 logger = logging.getLogger(__name__)
 

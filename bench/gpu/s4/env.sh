@@ -1,0 +1,7 @@
+# sourced by every session-4 job (see README.md here)
+export PYTHONPATH=/tmp/site:/tmp/repo HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export OMP_NUM_THREADS=1 TORCHINDUCTOR_COMPILE_THREADS=2 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+R=/tmp/res; D=/tmp/bdata
+mkdir -p $R $D
+cd /tmp/repo
