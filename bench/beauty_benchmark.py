@@ -119,7 +119,9 @@ def train(args) -> None:
                    "--eval-every", str(args.rec_eval_every), "--valid-max-users", str(args.valid_max_users),
                    "--eval-batch-size", str(args.eval_batch_size), "--json-out", str(js)]
             cmd += ["--lr-schedule", args.rec_lr_schedule, "--dropout", str(args.rec_dropout),
-                    "--weight-decay", str(args.rec_weight_decay), "--length-pool-batches", str(args.rec_length_pool)]
+                    "--weight-decay", str(args.rec_weight_decay)]
+            if args.rec_length_pool is not None:
+                cmd += ["--length-pool-batches", str(args.rec_length_pool)]
             if args.rec_max_seconds:
                 cmd += ["--max-train-seconds", str(args.rec_max_seconds)]
             if args.rec_no_user_token:
@@ -189,8 +191,9 @@ def main() -> None:
     ap.add_argument("--rec-dropout", type=float, default=0.1)
     ap.add_argument("--rec-weight-decay", type=float, default=0.01)
     ap.add_argument("--rec-no-user-token", action="store_true", help="no hashed user token in the encoder input")
-    ap.add_argument("--rec-length-pool", type=int, default=8,
-                    help="RecommenderConfig.length_pool_batches (group rows of similar history length; 1 = off)")
+    ap.add_argument("--rec-length-pool", type=int, default=None,
+                    help="RecommenderConfig.length_pool_batches (group rows of similar history length; 1 = off; "
+                         "default: the config's default)")
     ap.add_argument("--rec-eval-every", type=int, default=2)
     ap.add_argument("--valid-max-users", type=int, default=5000)
     ap.add_argument("--compile", action="store_true", help="torch.compile the recommender's training step")

@@ -86,8 +86,9 @@ def main() -> None:
     p.add_argument("--valid-max-users", type=int, default=None)
     p.add_argument("--max-train-seconds", type=float, default=None, help="stop after the epoch that ends past this budget")
     p.add_argument("--max-history", type=int, default=20)
-    p.add_argument("--length-pool-batches", type=int, default=8,
-                   help="group training rows of similar history length (pools of this many batches); 1 = plain random")
+    p.add_argument("--length-pool-batches", type=int, default=None,
+                   help="group training rows of similar history length (pools of this many batches); 1 = plain random; "
+                        "default: RecommenderConfig's")
     p.add_argument("--compile-length-step", type=int, default=None,
                    help="under --compile: pad batches to a multiple of this many items (default: always max-history)")
     p.add_argument("--no-user-token", action="store_true")
@@ -130,8 +131,10 @@ def main() -> None:
         lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps,
         weight_decay=args.weight_decay, dropout=args.dropout, patience=args.patience,
         valid_max_users=args.valid_max_users, max_train_seconds=args.max_train_seconds, max_history=args.max_history, use_user_token=not args.no_user_token,
-        length_pool_batches=args.length_pool_batches, compile_length_step=args.compile_length_step,
+        compile_length_step=args.compile_length_step,
         seed=args.seed, device=args.device,
+        # the core default unless given
+        **({} if args.length_pool_batches is None else {"length_pool_batches": args.length_pool_batches}),
     )
     t0 = time.perf_counter()
     model, history = train_recommender(cfg, sids, seqs, eval_every=args.eval_every)
