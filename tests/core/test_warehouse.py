@@ -48,7 +48,7 @@ def test_object_write_hitting_enospc_midway_keeps_the_previous_object(tmp_path, 
 FILLER = """
 import os, resource, signal, sys
 import polars as pl
-from unisid_pipeline import files, warehouse
+from unisid_pipeline import warehouse
 db = sys.argv[1]
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over the limit a write fails with EFBIG instead of killing us
 resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize(db) + 100_000, resource.RLIM_INFINITY))
@@ -89,7 +89,7 @@ import os, resource, signal, sys
 import duckdb
 from test_summarizer import FakeSummarizer
 from test_warehouse import big_ads
-from unisid_pipeline import files, warehouse
+from unisid_pipeline import warehouse
 from unisid_pipeline.llm import SummaryCache, summarize_ads
 db = sys.argv[1]
 cache = SummaryCache(duckdb.connect(db))
