@@ -95,3 +95,26 @@ def cpu_determinism(device: torch.device | str, enabled: bool = True) -> Iterato
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+_NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """True when the CPU has bfloat16 instructions (Linux /proc/cpuinfo flags avx512_bf16 or amx_bf16).
+
+    Without them bf16 autocast on the CPU is emulated: MiniLM UniSID training measured 134 s per step
+    under bf16 vs 11.7 s in fp32 on an AVX2-only EPYC (bench/bench_unisid.py, batch 32, 1 thread), while
+    on an AVX512-BF16 CPU bf16 was faster (12.5 vs 9.4 ads/s). ``cpuinfo`` overrides the file (tests).
+    """
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+                cpuinfo = fh.read()
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags") and ":" in line:
+            flags.update(line.split(":", 1)[1].split())
+    return any(f in flags for f in _NATIVE_BF16_FLAGS)

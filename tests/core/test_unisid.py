@@ -329,3 +329,20 @@ def test_rec_decoder_auto_is_frozen_smollm2_on_cuda_and_tiny_on_cpu():
     assert resolve_rec_decoder("auto", "cuda") == "smollm2"
     assert resolve_rec_decoder("auto", "cpu") == "tiny"
     assert resolve_rec_decoder("/models/gpt", "cuda") == "/models/gpt"
+
+
+def test_cpu_amp_only_where_the_cpu_has_bf16_instructions(caplog):
+    """bf16 autocast on a CPU without bf16 instructions is emulated (~11x slower): cpu_amp falls back to fp32."""
+    from unisid_pipeline.seeding import cpu_has_native_bf16
+    from unisid_pipeline.unisid.train import cpu_amp_enabled
+
+    avx2_only = "processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma\n"
+    sapphire = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    assert not cpu_has_native_bf16(avx2_only)
+    assert cpu_has_native_bf16(sapphire)
+    assert not cpu_has_native_bf16("")
+    assert cpu_amp_enabled(True, native_bf16=True)
+    assert not cpu_amp_enabled(False, native_bf16=True)
+    with caplog.at_level("WARNING"):
+        assert not cpu_amp_enabled(True, native_bf16=False)
+    assert "cpu_amp=True ignored" in caplog.text

@@ -122,8 +122,10 @@ class UniSIDTrainConfig:
     tokens, image projection, rec projector and tiny decoder; 1e-3, ours: they start from random).
     Linear warm-up over warmup_ratio of the steps, then cosine decay to min_lr_ratio of the peak.
     Steps are optimiser steps; one step = grad_accum_steps micro-batches of batch_size ads.
-    amp: bf16 autocast on CUDA. cpu_amp: bf16 autocast on the CPU too (off by default; on a 2-core
-    AVX512-BF16 CPU it took MiniLM training from 9.4 to 12.5 ads/s; still deterministic).
+    amp: bf16 autocast on CUDA. cpu_amp: bf16 autocast on the CPU too, where the CPU has bf16
+    instructions (off by default; on a 2-core AVX512-BF16 CPU it took MiniLM training from 9.4 to 12.5
+    ads/s, still deterministic; on an AVX2-only CPU emulated bf16 was ~11x slower than fp32, so there
+    it is ignored with a warning).
     checkpoint_every: optimiser steps between checkpoints (0 = only at the end).
     code_stats_sample: ads encoded at the end of each epoch for code usage/perplexity.
     """
