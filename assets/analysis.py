@@ -1,4 +1,4 @@
-"""sid_collision_report: every tokenizer's SID table side by side (collisions, usage, V-measure, neighbours)."""
+"""sid_collision_report: every tokenizer's SID table side by side (collisions, usage, V-measure, neighbours, transitions)."""
 from pathlib import Path
 from typing import Literal
 
@@ -36,22 +36,26 @@ class ReportConfig(Config):
 
 
 @asset(group_name="analysis", kinds={"polars", "duckdb", "mlflow"}, owners=["team:analysis"], tags={"stage": "analysis"},
-       ins={**{f"{m}_sids": AssetIn() for m in SID_METHODS}, "ad_hierarchy_labels": AssetIn(), "ad_text_embeddings": AssetIn()})
+       ins={**{f"{m}_sids": AssetIn() for m in SID_METHODS}, "ad_hierarchy_labels": AssetIn(), "ad_text_embeddings": AssetIn(),
+            "user_sequences": AssetIn()})
 def sid_collision_report(context: AssetExecutionContext, config: ReportConfig, mlflow: MlflowTracking,
                          project_home: ProjectHome, ad_hierarchy_labels: pl.DataFrame, ad_text_embeddings: pl.DataFrame,
-                         **sid_tables: pl.DataFrame) -> Output[pl.DataFrame]:
+                         user_sequences: pl.DataFrame, **sid_tables: pl.DataFrame) -> Output[pl.DataFrame]:
     """One row per SID method: collision rate before/after resolution, group sizes, per-level utilization,
-    entropy, perplexity, Gini, prefix fan-out, V-measure per level against the hierarchy, neighbour agreement."""
+    entropy, perplexity, Gini, prefix fan-out, V-measure per level against the hierarchy, neighbour agreement,
+    and transition agreement (consecutive training interactions sharing a SID prefix, `seq_agree_l*`)."""
     tables = {name.removesuffix("_sids"): t for name, t in sid_tables.items()}
     ad_ids, x = frame_to_embeddings(ad_text_embeddings)
     with mlflow.run_for(context, params={**config.model_dump(), "methods": list(tables)}) as run:
         reports = {}
         for method, table in tables.items():
             reports[method] = sid_report(table, labels=ad_hierarchy_labels, embeddings=x, embedding_ad_ids=ad_ids,
-                                         k=config.k, seed=config.seed, max_queries=config.max_queries)
+                                         k=config.k, seed=config.seed, max_queries=config.max_queries,
+                                         sequences=user_sequences)
             run.log_metrics({f"{method}.{k}": v for k, v in reports[method].items()})
             context.log.info(f"{method}: collision pre {reports[method]['collision_rate_pre']:.4f}, V-measure "
-                             f"L1/L2/L3 {[round(reports[method].get(f'l{i}_v_measure', float('nan')), 3) for i in (1, 2, 3)]}")
+                             f"L1/L2/L3 {[round(reports[method].get(f'l{i}_v_measure', float('nan')), 3) for i in (1, 2, 3)]}, transition "
+                             f"agreement L1/L2 {[round(reports[method].get(f'seq_agree_l{i}', float('nan')), 4) for i in (1, 2)]}")
         df = compare_methods(reports)
         summary = markdown_summary(df)
         run.log_text(summary, "sid_report.md")

@@ -94,6 +94,8 @@ def main() -> None:
     p.add_argument("--no-user-token", action="store_true")
     p.add_argument("--no-valid-eval", action="store_true",
                    help="skip the final full-validation ranking (the test split is always ranked)")
+    p.add_argument("--extra-test-beams", type=int, nargs="*", default=[],
+                   help="also rank the test split with these beam sizes (JSON key test_beams), e.g. 50: does beam 20 cut recall?")
     p.add_argument("--save", help="write the trained model checkpoint (torch.save) here")
     p.add_argument("--json-out", help="also write the test/valid metrics and run facts as JSON here")
     args = p.parse_args()
@@ -141,6 +143,7 @@ def main() -> None:
     train_s = time.perf_counter() - t0
     test = evaluate_recommender(model, seqs, split="test")
     valid = None if args.no_valid_eval else evaluate_recommender(model, seqs, split="valid")
+    test_beams = {w: evaluate_recommender(model, seqs, split="test", beam_size=w) for w in args.extra_test_beams}
     if args.save:
         torch.save(model.to_checkpoint(), args.save)
 
@@ -154,7 +157,9 @@ def main() -> None:
     cols = ["split", "R@1", "R@5", "R@10", "R@20", "N@5", "N@10", "MRR", "train s", "beam users/s"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
-    for name, m in (("test", test), ("valid", valid)) if valid is not None else (("test", test),):
+    rows = [("test", test), *([("valid", valid)] if valid is not None else []),
+            *((f"test, beam {w}", m) for w, m in test_beams.items())]
+    for name, m in rows:
         vals = [m["recall@1"], m["recall@5"], m["recall@10"], m["recall@20"], m["ndcg@5"], m["ndcg@10"], m["mrr"]]
         print(f"| {name} | " + " | ".join(f"{v:.4f}" for v in vals) + f" | {train_s:.0f} | {m['users_per_s']:.0f} |")
     if args.json_out:
@@ -163,6 +168,7 @@ def main() -> None:
         Path(args.json_out).write_text(json.dumps({
             "sids": sid_name, "seed": args.seed, "device": dev, "epochs_run": len(history), "best_epoch": best["epoch"],
             "train_seconds": train_s, "config": cfg.to_dict(), "test": test, "valid": valid, "history": history,
+            "test_beams": {str(w): m for w, m in test_beams.items()},
         }, default=float, indent=1))
 
 

@@ -20,6 +20,7 @@ from unisid_pipeline.analysis import (
     markdown_summary,
     neighbour_agreement,
     sid_report,
+    transition_agreement,
     v_measure_metrics,
 )
 from unisid_pipeline.analysis.plots import plot_bucket_sizes, plot_codebook_usage, plot_v_measure, save_png
@@ -264,6 +265,37 @@ def test_neighbour_agreement_sampling_is_seeded_and_order_free():
     c = neighbour_agreement(t[perm.tolist()], emb[perm], ids[perm], k=5, max_queries=30, seed=3)
     assert a["nbr_n_queries"] == 30 and a == b == c
     assert a["nbr_agree_l1"] > a["nbr_chance_l1"]  # embeddings cluster by first code
+
+
+# ---------------------------------------------------------------------- transition agreement
+def toy_sequences() -> pl.DataFrame:
+    # pairs: (11,12) (12,13) (13,14) | (15,16) | none | (11,999): 999 has no SID -> unmatched
+    return pl.DataFrame({"user_id": [1, 2, 3, 4], "train_items": [[11, 12, 13, 14], [15, 16], [16], [11, 999]]},
+                        schema={"user_id": pl.Int64, "train_items": pl.List(pl.Int64)})
+
+
+def test_transition_agreement_constructed():
+    m = transition_agreement(make_table(), toy_sequences())
+    assert m["seq_n_pairs"] == 4 and m["seq_n_unmatched"] == 1
+    assert m["seq_agree_l1"] == pytest.approx(3 / 4)  # only 13 (0..) -> 14 (1..) changes the first code
+    assert m["seq_agree_l2"] == pytest.approx(2 / 4)  # 12 (00) -> 13 (01) differs too
+    assert m["seq_agree_l3"] == pytest.approx(2 / 4)
+    # previous items 11 12 13 15 -> first codes 0 0 0 2; next items 12 13 14 16 -> 0 0 1 2
+    assert m["seq_chance_l1"] == pytest.approx(3 / 4 * 2 / 4 + 1 / 4 * 1 / 4)
+    perm = [5, 2, 0, 4, 1, 3]  # row order of the table does not matter
+    assert transition_agreement(make_table()[perm], toy_sequences()) == m
+    # raw_codes by default; the resolved codes give the same prefixes here, and a 4th level
+    assert transition_agreement(make_table(), toy_sequences(), column="codes")["seq_agree_l4"] == pytest.approx(0)
+
+
+def test_transition_agreement_in_the_report_and_its_errors():
+    rep = sid_report(make_table(), sequences=toy_sequences())
+    assert rep["seq_agree_l1"] == pytest.approx(3 / 4)
+    assert not any(k.startswith("seq_") for k in sid_report(make_table()))
+    with pytest.raises(ValueError, match="lacks column 'train_items'"):
+        transition_agreement(make_table(), pl.DataFrame({"items": [[11, 12]]}))
+    with pytest.raises(ValueError, match="same catalog"):
+        transition_agreement(make_table(), pl.DataFrame({"train_items": [[901, 902, 903]]}))
 
 
 # ------------------------------------------------------------------------- report + invariance

@@ -70,6 +70,10 @@ def test_sid_tables_are_collision_free_and_cover_every_ad(materialized):
     assert set(report["method"]) == {"rq_kmeans", "rq_vae", "unisid"}
     assert (report["collision_rate_post"] == 0).all()
     assert report["l1_v_measure"].is_between(0, 1).all()
+    # transition agreement reads the training interactions of user_sequences, every one of them matched
+    n_pairs = (warehouse.read_table(db, "user_sequences")["train_items"].list.len() - 1).clip(0).sum()
+    assert (report["seq_n_pairs"] == n_pairs).all() and (report["seq_n_unmatched"] == 0).all()
+    assert (report["seq_agree_l1"] >= report["seq_agree_l2"]).all()
 
 
 def test_registered_tokenizers_reproduce_the_stored_sids(materialized):

@@ -15,6 +15,7 @@ from unisid_pipeline.analysis.sid_metrics import (
     neighbour_agreement,
     prefix_ids,
     sid_report,
+    transition_agreement,
     v_measure_metrics,
 )
 
@@ -34,5 +35,6 @@ __all__ = [
     "neighbour_agreement",
     "prefix_ids",
     "sid_report",
+    "transition_agreement",
     "v_measure_metrics",
 ]

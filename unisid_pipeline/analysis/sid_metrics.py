@@ -22,6 +22,8 @@ Naming in `sid_report` (flat, MLflow-ready; levels are 1-based, `l1` = first cod
   `l{l}_completeness_code`, `l{l}_v_measure_code` (code-at-level-l clusters).
 - with embeddings: `nbr_k`, `nbr_n_queries`, `nbr_n_items`, `nbr_agree_l{l}`,
   `nbr_chance_l{l}` (probability that two random distinct items share the level-l prefix).
+- with sequences (user_sequences): `seq_n_pairs`, `seq_n_unmatched`, `seq_agree_l{l}` (share of
+  consecutive training interactions whose two items share the level-l prefix), `seq_chance_l{l}`.
 Keys of the optional groups are absent (not NaN) when the input is not given.
 """
 from __future__ import annotations
@@ -57,6 +59,8 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "l3_v_measure",
     "nbr_agree_l1",
     "nbr_agree_l2",
+    "seq_agree_l1",
+    "seq_agree_l2",
 )
 
 
@@ -532,7 +536,74 @@ def neighbour_agreement(
 
 
 # --------------------------------------------------------------------------------------------
-# 6. Report, comparison, summary
+# 6. Transition agreement: do consecutive interactions share a SID prefix?
+# --------------------------------------------------------------------------------------------
+def _transition_pairs(sequences: pl.DataFrame, items_column: str) -> tuple[np.ndarray, np.ndarray]:
+    """(previous ad_id, next ad_id) of every pair of consecutive items in each row's `items_column` list."""
+    if not isinstance(sequences, pl.DataFrame):
+        raise ValueError(f"sequences must be a polars DataFrame, got {type(sequences).__name__}")
+    if items_column not in sequences.columns:
+        raise ValueError(f"sequences lacks column {items_column!r} (a List(Int64) of ad_ids per user in time order); "
+                         f"it has {sequences.columns}: pass the user_sequences table or name the column")
+    col = pl.col(items_column)
+    s = sequences.select(col.list.drop_nulls()).filter(col.list.len() >= 2)
+    prev = s.select(col.list.slice(0, col.list.len() - 1)).explode(items_column)[items_column]
+    nxt = s.select(col.list.slice(1)).explode(items_column)[items_column]
+    return prev.cast(pl.Int64).to_numpy(), nxt.cast(pl.Int64).to_numpy()
+
+
+def _transitions(
+    sorted_ad_ids: pl.Series, arr: np.ndarray, sequences: pl.DataFrame, items_column: str,
+    pref_all: list[tuple[np.ndarray, int]] | None = None,
+) -> dict[str, float]:
+    prev, nxt = _transition_pairs(sequences, items_column)
+    ids = sorted_ad_ids.cast(pl.Int64).to_numpy()
+    def rows(a: np.ndarray) -> np.ndarray:
+        r = np.clip(np.searchsorted(ids, a), 0, ids.size - 1)
+        return np.where(ids[r] == a, r, -1)
+    ra, rb = rows(prev), rows(nxt)
+    ok = (ra >= 0) & (rb >= 0)
+    n_pairs = int(ok.sum())
+    if n_pairs == 0:
+        raise ValueError(f"no consecutive pair of {items_column!r} has both items in the SID table "
+                         f"({prev.size} pairs in all): are the SIDs and the sequences of the same catalog?")
+    ra, rb = ra[ok], rb[ok]
+    pref = pref_all if pref_all is not None else prefix_ids(arr)
+    out: dict[str, float] = {"seq_n_pairs": n_pairs, "seq_n_unmatched": int(prev.size - n_pairs)}
+    for level, (pid, _) in enumerate(pref[1:], start=1):
+        out[f"seq_agree_l{level}"] = _as_float((pid[ra] == pid[rb]).mean())
+    for level, (pid, m) in enumerate(pref[1:], start=1):
+        pa = np.bincount(pid[ra], minlength=m) / n_pairs
+        pb = np.bincount(pid[rb], minlength=m) / n_pairs
+        out[f"seq_chance_l{level}"] = _as_float((pa * pb).sum())
+    return out
+
+
+def transition_agreement(
+    table: pl.DataFrame,
+    sequences: pl.DataFrame,
+    items_column: str = "train_items",
+    column: str = "raw_codes",
+) -> dict[str, float]:
+    """Share of consecutive interactions (one user's item a, then item b) whose SIDs share the level-l prefix.
+
+    A generative recommender predicts the next item's SID code by code, so a tokenizer whose prefixes
+    group items that users consume one after the other gives it an easier first step. Pairs come
+    from `sequences[items_column]` (default `train_items` of user_sequences: training interactions only,
+    so no validation or test item is looked at); pairs with an item missing from the table are
+    dropped (`seq_n_unmatched`). `seq_agree_l{l}` = mean over pairs of [prefix_l(a) == prefix_l(b)];
+    `seq_chance_l{l}` = the same if a and b were drawn independently from the pairs' previous and
+    next items (sum over prefixes of p_prev * p_next), for reference: a coarse level agrees often by
+    chance alone. On Amazon Beauty the tables that trained the weaker TIGER recommenders had the lower
+    `seq_agree` (BENCHMARKS.md, session 5); it is a diagnostic, not a substitute for training one.
+    """
+    table = _check_table(table)
+    arr = codes_matrix(table[column], column)
+    return _transitions(table["ad_id"], arr, sequences, items_column)
+
+
+# --------------------------------------------------------------------------------------------
+# 7. Report, comparison, summary
 # --------------------------------------------------------------------------------------------
 def sid_report(
     table: pl.DataFrame,
@@ -546,11 +617,14 @@ def sid_report(
     max_queries: int = 2000,
     device: str = "cpu",
     batch_elems: int = 2**25,
+    sequences: pl.DataFrame | None = None,
+    items_column: str = "train_items",
 ) -> dict[str, float]:
     """All SID metrics of one table as a flat dict of Python ints/floats (see module docstring).
 
-    Collisions on raw_codes (`_pre`) and codes (`_post`); codebook usage, fan-out, V-measure and
-    neighbour agreement on raw_codes. Label and neighbour metrics only when their input is given.
+    Collisions on raw_codes (`_pre`) and codes (`_post`); codebook usage, fan-out, V-measure,
+    neighbour agreement and transition agreement on raw_codes. Label, neighbour and transition
+    metrics only when their input (labels, embeddings, sequences) is given.
     """
     if (embeddings is None) != (embedding_ad_ids is None):
         raise ValueError("give embeddings and embedding_ad_ids together (or neither)")
@@ -571,6 +645,8 @@ def sid_report(
         out.update(
             _neighbours(table["ad_id"], raw, embeddings, embedding_ad_ids, k, max_queries, seed, device, batch_elems, pref)
         )
+    if sequences is not None:
+        out.update(_transitions(table["ad_id"], raw, sequences, items_column, pref))
     return out
 
 
