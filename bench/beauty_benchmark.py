@@ -50,6 +50,7 @@ def tokenize(args) -> None:
     ad_ids = emb["ad_id"].to_numpy()
     x = np.ascontiguousarray(emb["embedding"].to_numpy(), dtype=np.float32).reshape(emb.height, -1)
     labels = pl.read_parquet(data / "labels.parquet")
+    seqs = pl.read_parquet(data / "sequences.parquet") if (data / "sequences.parquet").exists() else None  # seq_agree_l*
     if args.branching:  # re-derive the hierarchy (UniSID's L_sid targets; V-measure reference) at another granularity
         from unisid_pipeline.hierarchy import derive_hierarchy
 
@@ -67,7 +68,9 @@ def tokenize(args) -> None:
             elif method == "rq_vae":
                 from unisid_pipeline.models.rq import RQVAEConfig, train_rq_vae
 
-                tok, hist = train_rq_vae(RQVAEConfig(epochs=args.rqvae_epochs), x, seed=seed, device=args.device)
+                rq_cfg = RQVAEConfig(epochs=args.rqvae_epochs, **({} if args.rqvae_optimizer is None else {"optimizer": args.rqvae_optimizer}),
+                                     **({} if args.rqvae_lr is None else {"lr": args.rqvae_lr}))
+                tok, hist = train_rq_vae(rq_cfg, x, seed=seed, device=args.device)
                 ids, raw, cost = ad_ids, tok.encode(x), tok.last_level_distances(x)
                 log(f"rq_vae seed {seed}: final loss {hist['loss'][-1]:.4f}, usage "
                     f"{[round(hist[f'usage_level_{l}'][-1], 3) for l in range(3)]}")
@@ -91,11 +94,13 @@ def tokenize(args) -> None:
             table, info = build_sid_table(ids, raw, method=method, model_version=f"{method}-s{seed}", resolution="suffix",
                                           last_level_cost=cost)
             table.write_parquet(out / f"sids_{method}_s{seed}.parquet")
-            rep = sid_report(table, labels=labels, embeddings=x, embedding_ad_ids=ad_ids, codebook_size=256)
+            rep = sid_report(table, labels=labels, embeddings=x, embedding_ad_ids=ad_ids, codebook_size=256, sequences=seqs)
             rep["tokenizer_seconds"] = time.perf_counter() - t0
             reports[f"{method}_s{seed}"] = rep
             log(f"{method} seed {seed}: collisions {info['pre']['collision_rate']:.4f} -> {info['post']['collision_rate']:.4f}, "
-                f"V L1/L2/L3 {[round(rep[f'l{l}_v_measure'], 4) for l in (1, 2, 3)]}, {rep['tokenizer_seconds']:.0f}s")
+                f"V L1/L2/L3 {[round(rep[f'l{l}_v_measure'], 4) for l in (1, 2, 3)]}, neighbour agreement L1/L2 "
+                f"{[round(rep[f'nbr_agree_l{l}'], 4) for l in (1, 2)]}, transition agreement L1/L2 "
+                f"{[round(rep[f'seq_agree_l{l}'], 4) for l in (1, 2)] if seqs is not None else '-'}, {rep['tokenizer_seconds']:.0f}s")
     df = compare_methods(reports)
     df.write_parquet(out / "sid_report.parquet")
     print(df.select("method", "collision_rate_pre", "l1_v_measure", "l2_v_measure", "l3_v_measure",
@@ -176,6 +181,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--backbone", default=".beauty_minilm")
     ap.add_argument("--rqvae-epochs", type=int, default=200)
+    ap.add_argument("--rqvae-optimizer", default=None, help="RQVAEConfig.optimizer (default: the config's, adamw)")
+    ap.add_argument("--rqvae-lr", type=float, default=None, help="RQVAEConfig.lr (default: the config's)")
     ap.add_argument("--unisid-epochs", type=int, default=3)
     ap.add_argument("--unisid-batch-size", type=int, default=128)
     ap.add_argument("--unisid-rec-decoder", default="tiny", help="tiny | smollm2 (frozen) | a local causal LM folder")
