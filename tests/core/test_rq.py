@@ -266,3 +266,19 @@ def test_rq_vae_reinit_revives_a_collapsed_codebook(data: np.ndarray) -> None:
     assert sum(with_reinit["dead_codes_reinit_level_0"]) > 0
     # usage in the epochs after the first re-init is higher on average
     assert np.mean(with_reinit["usage_level_0"][1:]) > np.mean(without["usage_level_0"][1:])
+
+
+def test_read_only_embeddings_tokenize_without_a_torch_warning():
+    """polars hands out read-only arrays; tokenizing one must not print torch's non-writable warning (a fresh
+    process, since torch warns once per process) nor change the array."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np\n"
+            "from unisid_pipeline.models.rq import RQKMeansConfig, fit_rq_kmeans\n"
+            "x = np.random.default_rng(0).normal(size=(300, 8)).astype('float32'); x.setflags(write=False)\n"
+            "before = x.copy()\n"
+            "tok, _ = fit_rq_kmeans(RQKMeansConfig(codebook_size=8), x, seed=0, device='cpu')\n"
+            "tok.encode(x); assert (x == before).all()\n")
+    res = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
@@ -314,9 +315,20 @@ class RQVAEConfig:
 # --------------------------------------------------------------------------- tokenizers
 
 
+def _tensor_view(a: np.ndarray) -> torch.Tensor:
+    """torch.from_numpy(a) without torch's warning about read-only arrays (polars hands them out): the
+    tokenizers only read their inputs, so a view is safe, and it saves a copy of the embedding matrix."""
+    arr = np.asarray(a)
+    if arr.flags.writeable:
+        return torch.from_numpy(arr)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(arr)
+
+
 def _as_matrix(embeddings: np.ndarray | torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """np.ndarray / Tensor (n, d) -> float32 CPU-or-same-device Tensor, checked."""
-    x = embeddings if isinstance(embeddings, torch.Tensor) else torch.from_numpy(np.asarray(embeddings))
+    """np.ndarray / Tensor (n, d) -> float32 CPU-or-same-device Tensor, checked (never written to)."""
+    x = embeddings if isinstance(embeddings, torch.Tensor) else _tensor_view(embeddings)
     if x.ndim != 2:
         raise ValueError(f"embeddings must be a 2-D array (n_items, d), got shape {tuple(x.shape)}")
     if dim is not None and x.shape[1] != dim:
@@ -328,7 +340,7 @@ def _as_matrix(embeddings: np.ndarray | torch.Tensor, dim: int | None = None) ->
 
 
 def _as_codes(codes: np.ndarray | torch.Tensor) -> torch.Tensor:
-    c = codes if isinstance(codes, torch.Tensor) else torch.from_numpy(np.asarray(codes))
+    c = codes if isinstance(codes, torch.Tensor) else _tensor_view(codes)
     if c.ndim != 2:
         raise ValueError(f"codes must be a 2-D array (n_items, L), got shape {tuple(c.shape)}")
     return c.to(torch.long)
