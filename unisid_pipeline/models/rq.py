@@ -256,9 +256,10 @@ class RQVAEConfig:
     """TIGER's RQ-VAE: MLP encoder -> latent -> residual quantizer -> MLP decoder.
 
     Defaults follow TIGER (3 levels x 256 codes, latent 32, encoder 512-256-128 with ReLU, beta
-    0.25, k-means init). Optimizer: AdamW with lr 1e-3 by default, which converges in tens of
-    epochs; TIGER's own setting (Adagrad, lr 0.4, batch 1024, ~20k epochs) is
-    `optimizer="adagrad", lr=0.4`.
+    0.25, k-means init). Optimizer: AdamW with lr 1e-3 by default, whose loss converges in tens of
+    epochs (its codes keep becoming more semantic for hundreds: BENCHMARKS.md, session 5); TIGER's
+    own setting (Adagrad, lr 0.4, batch 1024, ~20k epochs) is `optimizer="adagrad", lr=0.4`, which
+    diverged on MiniLM Beauty embeddings (loss 1.5e3 after 600 epochs, level-1 codes near chance).
 
     Loss per batch = recon + codebook + beta * commitment, each a mean over items of a squared
     norm summed over dimensions. kmeans_init: fit the codebooks by residual k-means
