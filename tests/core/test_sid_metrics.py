@@ -296,6 +296,10 @@ def test_transition_agreement_in_the_report_and_its_errors():
         transition_agreement(make_table(), pl.DataFrame({"items": [[11, 12]]}))
     with pytest.raises(ValueError, match="same catalog"):
         transition_agreement(make_table(), pl.DataFrame({"train_items": [[901, 902, 903]]}))
+    # users with one training item each: no pair, counts only (the report still builds)
+    short = pl.DataFrame({"train_items": [[11], [12]]}, schema={"train_items": pl.List(pl.Int64)})
+    assert transition_agreement(make_table(), short) == {"seq_n_pairs": 0, "seq_n_unmatched": 0}
+    assert "seq_agree_l1" not in sid_report(make_table(), sequences=short)
 
 
 # ------------------------------------------------------------------------- report + invariance

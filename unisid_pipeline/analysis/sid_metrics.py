@@ -557,7 +557,11 @@ def _transitions(
     pref_all: list[tuple[np.ndarray, int]] | None = None,
 ) -> dict[str, float]:
     prev, nxt = _transition_pairs(sequences, items_column)
+    if prev.size == 0:  # every user has < 2 training items: nothing to measure, not an error
+        logger.warning("transition agreement: no user has two consecutive %r items; seq_agree_l* left out", items_column)
+        return {"seq_n_pairs": 0, "seq_n_unmatched": 0}
     ids = sorted_ad_ids.cast(pl.Int64).to_numpy()
+
     def rows(a: np.ndarray) -> np.ndarray:
         r = np.clip(np.searchsorted(ids, a), 0, ids.size - 1)
         return np.where(ids[r] == a, r, -1)
@@ -591,10 +595,10 @@ def transition_agreement(
     group items that users consume one after the other gives it an easier first step. Pairs come
     from `sequences[items_column]` (default `train_items` of user_sequences: training interactions only,
     so no validation or test item is looked at); pairs with an item missing from the table are
-    dropped (`seq_n_unmatched`). `seq_agree_l{l}` = mean over pairs of [prefix_l(a) == prefix_l(b)];
-    `seq_chance_l{l}` = the same if a and b were drawn independently from the pairs' previous and
-    next items (sum over prefixes of p_prev * p_next), for reference: a coarse level agrees often by
-    chance alone. On Amazon Beauty the tables that trained the weaker TIGER recommenders had the lower
+    dropped (`seq_n_unmatched`); with no pair at all only the counts (0) are returned.
+    `seq_agree_l{l}` = mean over pairs of [prefix_l(a) == prefix_l(b)]; `seq_chance_l{l}` = the same
+    if a and b were drawn independently from the pairs' previous and next items (sum over prefixes
+    of p_prev * p_next), for reference: a coarse level agrees often by chance alone. On Amazon Beauty the tables that trained the weaker TIGER recommenders had the lower
     `seq_agree` (BENCHMARKS.md, session 5); it is a diagnostic, not a substitute for training one.
     """
     table = _check_table(table)
