@@ -8,6 +8,13 @@
 #   python bench/beauty_benchmark.py tokenize --data bench/out/beauty --out bench/out/tok --device cpu --seeds 0 1 2 \
 #       --methods rq_vae rq_kmeans --rqvae-epochs 150
 # Usage: SIDS_DIRS="bench/out/tok" bash bench/gpu/s4/prepare.sh
+# AS_METHOD="dir:name ...": also copy dir/sids_<m>_s<seed>.parquet as .gpuR/sids_<name>_s<seed>.parquet, so other
+#   tables of one method run beside the defaults (BASE_RUNS="name:0 1 2"), e.g. session 5's 600-epoch RQ-VAE:
+#   for s in 0 1 2; do python bench/beauty_benchmark.py tokenize --data bench/out/beauty --out bench/out/rqv/e600 \
+#     --device cpu --seeds $s --methods rq_vae --rqvae-epochs 600; done   (~12 min per seed; --out per seed runs them in parallel)
+#   AS_METHOD="bench/out/rqv/e600:rq_vae600" SIDS_DIRS="bench/out/tok" bash bench/gpu/s4/prepare.sh
+# UNISID_DIR: a folder of sids_unisid_s*.parquet (e.g. bench/out/s4) to carry in .gpuR, so the UniSID recommenders
+#   need no tokenizer on the GPU.
 set -euo pipefail
 DATA=${DATA:-bench/out/beauty}
 mkdir -p .git/info
@@ -20,6 +27,13 @@ fi
 rm -rf .gpuR .gpuU && mkdir -p .gpuR .gpuU/minilm
 cp "$DATA/sequences.parquet" .gpuR/
 for d in ${SIDS_DIRS:-bench/out/tok}; do cp "$d"/sids_rq_*_s*.parquet .gpuR/; done
+for spec in ${AS_METHOD:-}; do
+  for f in "${spec%%:*}"/sids_*_s*.parquet; do
+    cp "$f" ".gpuR/sids_${spec#*:}_s$(basename "$f" .parquet | sed 's/.*_s//').parquet"
+  done
+done
+[ -n "${UNISID_DIR:-}" ] && cp "$UNISID_DIR"/sids_unisid_s*.parquet .gpuR/
+chmod u+w .gpuR/*
 cp "$DATA"/{ads,summaries,labels}.parquet .gpuU/
 .venv/bin/python - "$DATA" <<'PY'
 import os, shutil, sys
