@@ -29,7 +29,9 @@ cp "$DATA/sequences.parquet" .gpuR/
 for d in ${SIDS_DIRS:-bench/out/tok}; do cp "$d"/sids_rq_*_s*.parquet .gpuR/; done
 for spec in ${AS_METHOD:-}; do
   for f in "${spec%%:*}"/sids_*_s*.parquet; do
-    cp "$f" ".gpuR/sids_${spec#*:}_s$(basename "$f" .parquet | sed 's/.*_s//').parquet"
+    dst=".gpuR/sids_${spec#*:}_s$(basename "$f" .parquet | sed 's/.*_s//').parquet"
+    [ -e "$dst" ] && { echo "AS_METHOD: $dst would be written twice (one method per folder, one name per table)" >&2; exit 1; }
+    cp "$f" "$dst"
   done
 done
 [ -n "${UNISID_DIR:-}" ] && cp "$UNISID_DIR"/sids_unisid_s*.parquet .gpuR/
