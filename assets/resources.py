@@ -118,6 +118,9 @@ class MlflowTracking(ConfigurableResource):
         }
         if context.has_partition_key:
             tags["dagster.partition"] = context.partition_key
+        from unisid_pipeline.seeding import environment_tags  # torch: imported when a run opens, not with the module
+
+        tags.update(environment_tags())
         run_name = f"{context.op_handle.name if hasattr(context, 'op_handle') else keys[0]}-{context.run_id[:8]}"
         with open_run(self.resolved_uri(), self.experiment_name, run_name, tags, params,
                       artifact_root=paths.mlflow_artifacts(home)) as run:

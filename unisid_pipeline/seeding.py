@@ -118,3 +118,21 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
         if line.startswith("flags") and ":" in line:
             flags.update(line.split(":", 1)[1].split())
     return any(f in flags for f in _NATIVE_BF16_FLAGS)
+
+
+def environment_tags() -> dict[str, str]:
+    """What a same-seed result depends on besides the seed, as MLflow tags of every run.
+
+    Same seed -> same SIDs is promised on one machine kind: torch picks its CPU kernels by instruction
+    set (DEFAULT / AVX2 / AVX512), whose float sums can round differently, and the same code, torch pin
+    and seed made a different Beauty RQ-VAE table on an AVX512 EPYC than on an earlier development
+    machine (BENCHMARKS.md, Determinism). These tags record which case a run is.
+    """
+    tags = {
+        "unisid.torch": torch.__version__,
+        "unisid.numpy": np.__version__,
+        "unisid.cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "unisid.cpu_threads": str(torch.get_num_threads()),
+        "unisid.torch_cuda": torch.version.cuda or "none",  # the build's CUDA; asking for the device would initialise it
+    }
+    return tags

@@ -31,6 +31,11 @@ def test_ingestion_job_writes_tables_checks_and_mlflow_runs(home):
     ing = by_asset["ad_interactions,raw_ads,rejected_ads,rejected_interactions"]
     assert ing.info.status == "FINISHED"
     assert ing.data.tags["dagster.run_id"] == result.run_id
+    # what same-seed reproducibility depends on (BENCHMARKS.md, Determinism) is on every run
+    import torch
+
+    assert ing.data.tags["unisid.torch"] == torch.__version__
+    assert ing.data.tags["unisid.cpu_capability"] in {"DEFAULT", "AVX2", "AVX512", "VSX", "ZVECTOR", "SVE256"}
     assert ing.data.params["synthetic.n_ads"] == "120"
     assert ing.data.metrics["ads_clean"] == 120
     # metadata links the materialization to its MLflow run
