@@ -152,12 +152,14 @@ def summarize(args) -> None:
     for js in sorted(out.glob("rec_*.json")):
         d = json.loads(js.read_text())
         method = js.stem.removeprefix("rec_").rsplit("_s", 1)[0]
+        beams = {f"recall@10_beam{b}": m["recall@10"] for b, m in (d.get("test_beams") or {}).items()}
         rows.append({"method": method, "seed": d["seed"], **{m: d["test"][m] for m in METRICS},
-                     "epochs_run": d["epochs_run"], "train_s": d["train_seconds"]})
+                     "epochs_run": d["epochs_run"], "best_epoch": d.get("best_epoch"), "train_s": d["train_seconds"],
+                     **beams})
     if not rows:
         print("no results yet")
         return
-    df = pl.DataFrame(rows)
+    df = pl.DataFrame(rows, infer_schema_length=None)  # runs with and without --extra-test-beams mix
     agg = df.group_by("method", maintain_order=True).agg(
         pl.len().alias("seeds"), *[pl.format("{} ± {}", pl.col(m).mean().round(4), pl.col(m).std().fill_null(0).round(4)).alias(m)
                                    for m in METRICS], pl.col("epochs_run").mean().alias("epochs"), pl.col("train_s").mean().round(0))

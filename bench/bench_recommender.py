@@ -92,6 +92,8 @@ def main() -> None:
     p.add_argument("--compile-length-step", type=int, default=None,
                    help="under --compile: pad batches to a multiple of this many items (default: always max-history)")
     p.add_argument("--no-user-token", action="store_true")
+    p.add_argument("--user-token", dest="no_user_token", action="store_false",
+                   help="undo an earlier --no-user-token (the last of the two wins), e.g. in a variant appended to a recipe")
     p.add_argument("--no-valid-eval", action="store_true",
                    help="skip the final full-validation ranking (the test split is always ranked)")
     p.add_argument("--extra-test-beams", type=int, nargs="*", default=[],

@@ -15,6 +15,9 @@
 #   AS_METHOD="bench/out/rqv/e600:rq_vae600" SIDS_DIRS="bench/out/tok" bash bench/gpu/s4/prepare.sh
 # UNISID_DIR: a folder of sids_unisid_s*.parquet (e.g. bench/out/s4) to carry in .gpuR, so the UniSID recommenders
 #   need no tokenizer on the GPU.
+# TABLES_DIR: a folder of sids_<name>_s<seed>.parquet copied under their own names, e.g. bench/sids/beauty (the
+#   committed session-6 tables: README.md there), so a fresh checkout needs no tokenizer: only beauty_prepare.py,
+#   then `SIDS_DIRS= TABLES_DIR=bench/sids/beauty bash bench/gpu/s4/prepare.sh`.
 set -euo pipefail
 DATA=${DATA:-bench/out/beauty}
 mkdir -p .git/info
@@ -26,7 +29,7 @@ if ! ls .whl/polars_runtime_32-*.whl >/dev/null 2>&1; then
 fi
 rm -rf .gpuR .gpuU && mkdir -p .gpuR .gpuU/minilm
 cp "$DATA/sequences.parquet" .gpuR/
-for d in ${SIDS_DIRS:-bench/out/tok}; do cp "$d"/sids_rq_*_s*.parquet .gpuR/; done
+for d in ${SIDS_DIRS-bench/out/tok}; do cp "$d"/sids_rq_*_s*.parquet .gpuR/; done  # SIDS_DIRS= (empty): none
 for spec in ${AS_METHOD:-}; do
   for f in "${spec%%:*}"/sids_*_s*.parquet; do
     dst=".gpuR/sids_${spec#*:}_s$(basename "$f" .parquet | sed 's/.*_s//').parquet"
@@ -35,6 +38,7 @@ for spec in ${AS_METHOD:-}; do
   done
 done
 [ -n "${UNISID_DIR:-}" ] && cp "$UNISID_DIR"/sids_unisid_s*.parquet .gpuR/
+[ -n "${TABLES_DIR:-}" ] && cp "$TABLES_DIR"/sids_*_s*.parquet .gpuR/
 chmod u+w .gpuR/*
 cp "$DATA"/{ads,summaries,labels}.parquet .gpuU/
 .venv/bin/python - "$DATA" <<'PY'

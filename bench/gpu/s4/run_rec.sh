@@ -1,12 +1,18 @@
 # One recommender run: bash run_rec.sh METHOD SEED SIDS_DIR. Trains until the shared deadline $R/deadline
 # (epoch seconds, training end) under torch.compile; if that run fails without a result, re-runs it eager
 # with the time left. Writes $R/rec_METHOD_sSEED.{log,json}. BATCH (default 1024) and EXTRA (more
-# bench_recommender.py flags, appended, so they override the recipe, e.g. "--lr-schedule cosine --epochs 80").
+# bench_recommender.py flags, appended, so they override the recipe, e.g. "--lr-schedule cosine --epochs 80"),
+# then a variant's flags (below).
 source /tmp/repo/bench/gpu/s4/env.sh
-m=$1; s=$2; sids=$3/sids_${m}_s${s}.parquet; js=$R/rec_${m}_s${s}.json; log=$R/rec_${m}_s${s}.log
+# METHOD may name a variant, TABLE/VARIANT (e.g. rq_vae600/d3): the table sids_TABLE_sSEED.parquet trained with
+# the flags in $V_VARIANT appended after EXTRA (e.g. V_d3="--dropout 0.3"); results are rec_TABLE-VARIANT_sSEED.*.
+m=$1; s=$2; table=${m%%/*}; variant=${m#"$table"}; variant=${variant#/}; vflags=""
+if [ -n "$variant" ]; then vv="V_$variant"; vflags=${!vv-}; fi
+name=$table${variant:+-$variant}
+sids=$3/sids_${table}_s${s}.parquet; js=$R/rec_${name}_s${s}.json; log=$R/rec_${name}_s${s}.log
 RECIPE="--sequences $D/sequences.parquet --sids $sids --device cuda --seed $s --epochs 1000 --batch-size ${BATCH:-1024} \
   --lr 1e-3 --warmup-steps 500 --lr-schedule constant --patience 8 --eval-every 4 --valid-max-users 4000 \
-  --eval-batch-size 512 --length-pool-batches 8 --no-user-token --bf16 --no-valid-eval --json-out $js ${EXTRA:-}"
+  --eval-batch-size 512 --length-pool-batches 8 --no-user-token --bf16 --no-valid-eval --json-out $js ${EXTRA:-} $vflags"
 left() { echo $(( $(cat $R/deadline) - $(date +%s) )); }
 python3 bench/bench_recommender.py $RECIPE --max-train-seconds $(left) --compile --compile-mode reduce-overhead \
   --compile-length-step 4 > $log 2>&1

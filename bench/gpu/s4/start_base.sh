@@ -1,12 +1,18 @@
 # Call 1 (carry .whl .gpuR): install polars, copy the repo + inputs to /tmp, set the training deadline
 # (now + REC_SECONDS), start the RQ-VAE and RQ-KMeans recommenders (seeds 0-2; BASE_RUNS="method:seeds;..."
-# picks others) in the background. BATCH / EXTRA pass through to run_rec.sh.
+# picks others; "rq_vae600/d3:0 1 2" with V_d3="--dropout 0.3" runs a variant of a table, see run_rec.sh) in the
+# background. BATCH / EXTRA / V_* pass through to run_rec.sh.
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 rm -rf /tmp/repo && mkdir -p /tmp/repo /tmp/bdata /tmp/res && cp -r unisid_pipeline bench /tmp/repo/ && cp .gpuR/* /tmp/bdata/
 source /tmp/repo/bench/gpu/s4/env.sh
 echo $(( $(date +%s) + ${REC_SECONDS:-1250} )) > $R/deadline; date +%s > $R/t0
 python3 -c "import polars, torch; print('polars', polars.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())"
 IFS=';' read -ra specs <<< "${BASE_RUNS:-rq_vae:0 1 2;rq_kmeans:0 1 2}"
+for ms in "${specs[@]}"; do  # TABLE/VARIANT runs need their table and V_VARIANT (run_rec.sh), checked before any starts
+  m=${ms%%:*}; t=${m%%/*}; v=${m#"$t"}; v=${v#/}
+  for s in ${ms#*:}; do [ -f $D/sids_${t}_s$s.parquet ] || { echo "BASE_RUNS: no $D/sids_${t}_s$s.parquet (.gpuR)"; exit 1; }; done
+  if [ -n "$v" ]; then vv="V_$v"; [[ $v =~ ^[A-Za-z0-9_]+$ && -n "${!vv-}" ]] || { echo "BASE_RUNS: $m needs V_$v=\"<flags>\""; exit 1; }; fi
+done
 for ms in "${specs[@]}"; do for s in ${ms#*:}; do
   setsid nohup bash /tmp/repo/bench/gpu/s4/run_rec.sh ${ms%%:*} $s $D > /dev/null 2>&1 < /dev/null &
 done; done
