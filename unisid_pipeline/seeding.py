@@ -124,15 +124,14 @@ def environment_tags() -> dict[str, str]:
     """What a same-seed result depends on besides the seed, as MLflow tags of every run.
 
     Same seed -> same SIDs is promised on one machine kind: torch picks its CPU kernels by instruction
-    set (DEFAULT / AVX2 / AVX512), whose float sums can round differently, and the same code, torch pin
-    and seed made a different Beauty RQ-VAE table on an AVX512 EPYC than on an earlier development
-    machine (BENCHMARKS.md, Determinism). These tags record which case a run is.
+    set (DEFAULT / AVX2 / AVX512), whose float sums round differently. On one AVX512 EPYC, forcing the
+    AVX2 kernels (ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2) changed the Beauty title embeddings in their
+    last bits and gave a different RQ-VAE table for the same seed (BENCHMARKS.md, Determinism). These
+    tags record which case a run is.
     """
-    tags = {
+    return {
         "unisid.torch": torch.__version__,
         "unisid.numpy": np.__version__,
         "unisid.cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "unisid.cpu_threads": str(torch.get_num_threads()),
         "unisid.torch_cuda": torch.version.cuda or "none",  # the build's CUDA; asking for the device would initialise it
     }
-    return tags

@@ -35,7 +35,7 @@ def test_ingestion_job_writes_tables_checks_and_mlflow_runs(home):
     import torch
 
     assert ing.data.tags["unisid.torch"] == torch.__version__
-    assert ing.data.tags["unisid.cpu_capability"] in {"DEFAULT", "AVX2", "AVX512", "VSX", "ZVECTOR", "SVE256"}
+    assert ing.data.tags["unisid.cpu_capability"] == torch.backends.cpu.get_cpu_capability()  # e.g. AVX512
     assert ing.data.params["synthetic.n_ads"] == "120"
     assert ing.data.metrics["ads_clean"] == 120
     # metadata links the materialization to its MLflow run

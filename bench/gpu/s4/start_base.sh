@@ -13,6 +13,7 @@ for ms in "${specs[@]}"; do  # TABLE/VARIANT runs need their table and V_VARIANT
   for s in ${ms#*:}; do [ -f $D/sids_${t}_s$s.parquet ] || { echo "BASE_RUNS: no $D/sids_${t}_s$s.parquet (.gpuR)"; exit 1; }; done
   if [ -n "$v" ]; then vv="V_$v"; [[ $v =~ ^[A-Za-z0-9_]+$ && -n "${!vv-}" ]] || { echo "BASE_RUNS: $m needs V_$v=\"<flags>\""; exit 1; }; fi
 done
+n=0; for ms in "${specs[@]}"; do for s in ${ms#*:}; do n=$((n + 1)); done; done; echo $n > $R/expect  # poll.sh waits for these
 for ms in "${specs[@]}"; do for s in ${ms#*:}; do
   setsid nohup bash /tmp/repo/bench/gpu/s4/run_rec.sh ${ms%%:*} $s $D > /dev/null 2>&1 < /dev/null &
 done; done
