@@ -282,3 +282,22 @@ def test_plain_random_batches_still_learn_a_predictable_sequence() -> None:
                                "patience": 3, "beam_size": 20, "length_pool_batches": 1})
     model, _ = train_recommender(cfg, (ad_ids, codes), seqs, seed=0, device="cpu")
     assert evaluate_recommender(model, seqs, split="test")["recall@1"] > 0.8
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_runs_in_fp32_with_a_warning(caplog) -> None:
+    """bf16 autocast is emulated on such CPUs (~11x slower than fp32 for UniSID), so the request is ignored there."""
+    import unisid_pipeline.recommender.model as model_mod
+
+    cpu = torch.device("cpu")
+    model_mod._warned_cpu_bf16 = False
+    with caplog.at_level("WARNING", logger="unisid_pipeline.recommender.model"):
+        with model_mod.autocast_ctx(cpu, True, native_bf16=False):
+            assert not torch.is_autocast_enabled("cpu")
+            assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+        with model_mod.autocast_ctx(cpu, True, native_bf16=False):
+            pass
+    assert sum("bf16=True ignored" in r.getMessage() for r in caplog.records) == 1  # once per process, not per step
+    with model_mod.autocast_ctx(cpu, True, native_bf16=True):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with model_mod.autocast_ctx(cpu, False, native_bf16=True):
+        assert not torch.is_autocast_enabled("cpu")
