@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import os
 import random
 from collections.abc import Iterator
 
 import numpy as np
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -118,6 +122,30 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
         if line.startswith("flags") and ":" in line:
             flags.update(line.split(":", 1)[1].split())
     return any(f in flags for f in _NATIVE_BF16_FLAGS)
+
+
+@functools.lru_cache(maxsize=1)
+def this_cpu_has_native_bf16() -> bool:
+    """`cpu_has_native_bf16` of this machine, read from /proc/cpuinfo once per process."""
+    return cpu_has_native_bf16()
+
+
+_bf16_warned: set[str] = set()
+
+
+def cpu_bf16_allowed(option: str, native_bf16: bool | None = None, *, warn_once: bool = False) -> bool:
+    """Whether a request for bf16 autocast on the CPU (the setting named ``option``) is honoured.
+
+    Only on a CPU with bf16 instructions (``native_bf16``, default: this machine's); elsewhere bf16 is
+    emulated (~11x slower than fp32, see `cpu_has_native_bf16`), so the request is ignored with a warning
+    naming ``option``: every call, or once per process and option with ``warn_once`` (per-step callers).
+    """
+    native = this_cpu_has_native_bf16() if native_bf16 is None else native_bf16
+    if not native and not (warn_once and option in _bf16_warned):
+        logger.warning("%s=True ignored: this CPU has no bf16 instructions (avx512_bf16 / amx_bf16), where bf16 "
+                       "autocast is emulated (UniSID training measured ~11x slower than fp32); running in fp32", option)
+        _bf16_warned.add(option)
+    return native
 
 
 def environment_tags() -> dict[str, str]:

@@ -287,10 +287,11 @@ def test_plain_random_batches_still_learn_a_predictable_sequence() -> None:
 def test_bf16_on_a_cpu_without_bf16_instructions_runs_in_fp32_with_a_warning(caplog) -> None:
     """bf16 autocast is emulated on such CPUs (~11x slower than fp32 for UniSID), so the request is ignored there."""
     import unisid_pipeline.recommender.model as model_mod
+    import unisid_pipeline.seeding as seeding
 
     cpu = torch.device("cpu")
-    model_mod._warned_cpu_bf16 = False
-    with caplog.at_level("WARNING", logger="unisid_pipeline.recommender.model"):
+    seeding._bf16_warned.discard("RecommenderConfig.bf16")
+    with caplog.at_level("WARNING", logger="unisid_pipeline.seeding"):
         with model_mod.autocast_ctx(cpu, True, native_bf16=False):
             assert not torch.is_autocast_enabled("cpu")
             assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,9 +21,7 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from unisid_pipeline.recommender.trie import SIDTrie
 from unisid_pipeline.recommender.vocab import EOS_ID, PAD_ID, SIDVocab
-from unisid_pipeline.seeding import check_device_name, cpu_has_native_bf16
-
-logger = logging.getLogger(__name__)
+from unisid_pipeline.seeding import check_device_name, cpu_bf16_allowed
 
 CHECKPOINT_FORMAT = "unisid_pipeline.recommender/1"
 LR_SCHEDULES = ("inverse_sqrt", "constant", "cosine")
@@ -172,29 +168,16 @@ def build_t5(config: RecommenderConfig, vocab_size: int) -> T5ForConditionalGene
     return T5ForConditionalGeneration(t5_config)
 
 
-@functools.lru_cache(maxsize=1)
-def _cpu_native_bf16() -> bool:
-    return cpu_has_native_bf16()
-
-
-_warned_cpu_bf16 = False
-
-
 def autocast_ctx(device: torch.device, enabled: bool, native_bf16: bool | None = None) -> contextlib.AbstractContextManager:
     """bfloat16 autocast on ``device`` when enabled, else a no-op context.
 
-    On a CPU without bf16 instructions (``native_bf16``, default: read from /proc/cpuinfo once) bf16 is
-    emulated, which measured ~11x slower than fp32 for UniSID training (`seeding.cpu_has_native_bf16`), so
-    there ``bf16=True`` is ignored with a one-time warning, as UniSID's ``cpu_amp`` is.
+    On a CPU without bf16 instructions (``native_bf16``, default: this machine's) bf16 is emulated, so
+    there ``bf16=True`` is ignored with a one-time warning (`seeding.cpu_bf16_allowed`), as UniSID's
+    ``cpu_amp`` is.
     """
-    global _warned_cpu_bf16
     if not enabled:
         return contextlib.nullcontext()
-    if device.type == "cpu" and not (_cpu_native_bf16() if native_bf16 is None else native_bf16):
-        if not _warned_cpu_bf16:
-            logger.warning("RecommenderConfig.bf16=True ignored on this CPU: it has no bf16 instructions (avx512_bf16 / "
-                           "amx_bf16), where bf16 autocast is emulated (UniSID training measured ~11x slower than fp32); running in fp32")
-            _warned_cpu_bf16 = True
+    if device.type == "cpu" and not cpu_bf16_allowed("RecommenderConfig.bf16", native_bf16, warn_once=True):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from unisid_pipeline.distributed import DistContext
-from unisid_pipeline.seeding import cpu_has_native_bf16, resolve_device, seed_everything
+from unisid_pipeline.seeding import cpu_bf16_allowed, resolve_device, seed_everything
 from unisid_pipeline.unisid.config import UniSIDTrainConfig, resolve_rec_decoder
 from unisid_pipeline.unisid.inputs import (
     attribute_target_text, detect_image_dim, image_matrix, pad_targets, tokenize_targets,
@@ -181,16 +181,8 @@ def _validate(config: UniSIDTrainConfig, ads: pl.DataFrame, summaries: list[str]
 
 def cpu_amp_enabled(requested: bool, native_bf16: bool | None = None) -> bool:
     """Whether to train under bf16 autocast on the CPU: only when asked (``cpu_amp``) and the CPU has bf16
-    instructions; otherwise bf16 is emulated and ~10x slower than fp32 (see `seeding.cpu_has_native_bf16`),
-    so training stays in fp32 with a warning."""
-    if not requested:
-        return False
-    if native_bf16 is None:
-        native_bf16 = cpu_has_native_bf16()
-    if not native_bf16:
-        logger.warning("cpu_amp=True ignored: this CPU has no bf16 instructions (avx512_bf16 / amx_bf16), where bf16 "
-                       "autocast measured ~11x slower than fp32; training in fp32")
-    return native_bf16
+    instructions; otherwise training stays in fp32 with a warning (`seeding.cpu_bf16_allowed`)."""
+    return requested and cpu_bf16_allowed("UniSIDTrainConfig.cpu_amp", native_bf16)
 
 
 def train_unisid(
