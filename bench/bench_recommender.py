@@ -24,6 +24,11 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+# model-size flags -> RecommenderConfig fields (e.g. a capacity variant of a recipe: "--d-model 256 --d-ff 2048")
+ARCH_FLAGS = {"--d-model": "d_model", "--d-ff": "d_ff", "--n-heads": "n_heads", "--d-kv": "d_kv",
+              "--encoder-layers": "n_encoder_layers", "--decoder-layers": "n_decoder_layers"}
+
+
 def beauty_sequences(path: str, max_history: int = 20) -> pl.DataFrame:
     """user_sequences (contract of CONTRIBUTING_CORE.md) from a `user item item ...` text file."""
     rows = []
@@ -86,6 +91,8 @@ def main() -> None:
     p.add_argument("--valid-max-users", type=int, default=None)
     p.add_argument("--max-train-seconds", type=float, default=None, help="stop after the epoch that ends past this budget")
     p.add_argument("--max-history", type=int, default=20)
+    for flag, field in ARCH_FLAGS.items():  # the core defaults (TIGER's 4+4 x d128) unless given
+        p.add_argument(flag, type=int, default=None, help=f"RecommenderConfig.{field}")
     p.add_argument("--length-pool-batches", type=int, default=None,
                    help="group training rows of similar history length (pools of this many batches); 1 = plain random; "
                         "default: RecommenderConfig's")
@@ -139,6 +146,8 @@ def main() -> None:
         seed=args.seed, device=args.device,
         # the core default unless given
         **({} if args.length_pool_batches is None else {"length_pool_batches": args.length_pool_batches}),
+        **{field: getattr(args, flag[2:].replace("-", "_")) for flag, field in ARCH_FLAGS.items()
+           if getattr(args, flag[2:].replace("-", "_")) is not None},
     )
     t0 = time.perf_counter()
     model, history = train_recommender(cfg, sids, seqs, eval_every=args.eval_every)

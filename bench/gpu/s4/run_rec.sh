@@ -6,9 +6,7 @@
 source /tmp/repo/bench/gpu/s4/env.sh
 # METHOD may name a variant, TABLE/VARIANT (e.g. rq_vae600/d3): the table sids_TABLE_sSEED.parquet trained with
 # the flags in $V_VARIANT appended after EXTRA (e.g. V_d3="--dropout 0.3"); results are rec_TABLE-VARIANT_sSEED.*.
-m=$1; s=$2; table=${m%%/*}; variant=${m#"$table"}; variant=${variant#/}; vflags=""
-if [ -n "$variant" ]; then vv="V_$variant"; vflags=${!vv-}; fi
-name=$table${variant:+-$variant}
+s=$2; parse_run "$1"
 sids=$3/sids_${table}_s${s}.parquet; js=$R/rec_${name}_s${s}.json; log=$R/rec_${name}_s${s}.log
 RECIPE="--sequences $D/sequences.parquet --sids $sids --device cuda --seed $s --epochs 1000 --batch-size ${BATCH:-1024} \
   --lr 1e-3 --warmup-steps 500 --lr-schedule constant --patience 8 --eval-every 4 --valid-max-users 4000 \

@@ -9,12 +9,14 @@ echo $(( $(date +%s) + ${REC_SECONDS:-1250} )) > $R/deadline; date +%s > $R/t0
 python3 -c "import polars, torch; print('polars', polars.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())"
 IFS=';' read -ra specs <<< "${BASE_RUNS:-rq_vae:0 1 2;rq_kmeans:0 1 2}"
 for ms in "${specs[@]}"; do  # TABLE/VARIANT runs need their table and V_VARIANT (run_rec.sh), checked before any starts
-  m=${ms%%:*}; t=${m%%/*}; v=${m#"$t"}; v=${v#/}
-  for s in ${ms#*:}; do [ -f $D/sids_${t}_s$s.parquet ] || { echo "BASE_RUNS: no $D/sids_${t}_s$s.parquet (.gpuR)"; exit 1; }; done
-  if [ -n "$v" ]; then vv="V_$v"; [[ $v =~ ^[A-Za-z0-9_]+$ && -n "${!vv-}" ]] || { echo "BASE_RUNS: $m needs V_$v=\"<flags>\""; exit 1; }; fi
+  parse_run "${ms%%:*}"
+  for s in ${ms#*:}; do [ -f $D/sids_${table}_s$s.parquet ] || { echo "BASE_RUNS: no $D/sids_${table}_s$s.parquet (.gpuR)"; exit 1; }; done
+  [ -z "$variant" ] || [ -n "$vflags" ] || { echo "BASE_RUNS: ${ms%%:*} needs V_$variant=\"<flags>\" (a variant name of letters, digits, _)"; exit 1; }
 done
-n=0; for ms in "${specs[@]}"; do for s in ${ms#*:}; do n=$((n + 1)); done; done; echo $n > $R/expect  # poll.sh waits for these
+n=0
 for ms in "${specs[@]}"; do for s in ${ms#*:}; do
   setsid nohup bash /tmp/repo/bench/gpu/s4/run_rec.sh ${ms%%:*} $s $D > /dev/null 2>&1 < /dev/null &
+  n=$((n + 1))
 done; done
+echo $n > $R/expect  # poll.sh waits for these
 sleep ${WATCH:-50}; bash /tmp/repo/bench/gpu/s4/poll.sh 0
