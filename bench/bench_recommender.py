@@ -13,6 +13,7 @@ Without a pipeline run, ``--beauty-txt ../shared/data/amazon-beauty-2014/sequent
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -105,6 +106,8 @@ def main() -> None:
                    help="skip the final full-validation ranking (the test split is always ranked)")
     p.add_argument("--extra-test-beams", type=int, nargs="*", default=[],
                    help="also rank the test split with these beam sizes (JSON key test_beams), e.g. 50: does beam 20 cut recall?")
+    p.add_argument("--extra-test-fp32", action="store_true",
+                   help="with --bf16: also rank the test split decoding in fp32 from the same weights (JSON test_fp32)")
     p.add_argument("--save", help="write the trained model checkpoint (torch.save) here")
     p.add_argument("--json-out", help="also write the test/valid metrics and run facts as JSON here")
     args = p.parse_args()
@@ -155,6 +158,12 @@ def main() -> None:
     test = evaluate_recommender(model, seqs, split="test")
     valid = None if args.no_valid_eval else evaluate_recommender(model, seqs, split="valid")
     test_beams = {w: evaluate_recommender(model, seqs, split="test", beam_size=w) for w in args.extra_test_beams}
+    test_fp32 = None
+    if args.extra_test_fp32 and args.bf16:  # the same weights, beam search without bf16 autocast (nor TF32)
+        model.config = dataclasses.replace(model.config, bf16=False)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        test_fp32 = evaluate_recommender(model, seqs, split="test")
+        model.config = dataclasses.replace(model.config, bf16=True)
     if args.save:
         torch.save(model.to_checkpoint(), args.save)
 
@@ -169,7 +178,8 @@ def main() -> None:
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     rows = [("test", test), *([("valid", valid)] if valid is not None else []),
-            *((f"test, beam {w}", m) for w, m in test_beams.items())]
+            *((f"test, beam {w}", m) for w, m in test_beams.items()),
+            *([("test, fp32 decoding", test_fp32)] if test_fp32 is not None else [])]
     for name, m in rows:
         vals = [m["recall@1"], m["recall@5"], m["recall@10"], m["recall@20"], m["ndcg@5"], m["ndcg@10"], m["mrr"]]
         print(f"| {name} | " + " | ".join(f"{v:.4f}" for v in vals) + f" | {train_s:.0f} | {m['users_per_s']:.0f} |")
@@ -179,7 +189,7 @@ def main() -> None:
         Path(args.json_out).write_text(json.dumps({
             "sids": sid_name, "seed": args.seed, "device": dev, "epochs_run": len(history), "best_epoch": best["epoch"],
             "train_seconds": train_s, "config": cfg.to_dict(), "test": test, "valid": valid, "history": history,
-            "test_beams": {str(w): m for w, m in test_beams.items()},
+            "test_beams": {str(w): m for w, m in test_beams.items()}, "test_fp32": test_fp32,
         }, default=float, indent=1))
 
 
