@@ -93,7 +93,7 @@ def main() -> None:
     p.add_argument("--max-train-seconds", type=float, default=None, help="stop after the epoch that ends past this budget")
     p.add_argument("--max-history", type=int, default=20)
     for flag, field in ARCH_FLAGS.items():  # the core defaults (TIGER's 4+4 x d128) unless given
-        p.add_argument(flag, type=int, default=None, help=f"RecommenderConfig.{field}")
+        p.add_argument(flag, dest=field, type=int, default=None, help=f"RecommenderConfig.{field}")
     p.add_argument("--length-pool-batches", type=int, default=None,
                    help="group training rows of similar history length (pools of this many batches); 1 = plain random; "
                         "default: RecommenderConfig's")
@@ -111,6 +111,8 @@ def main() -> None:
     p.add_argument("--save", help="write the trained model checkpoint (torch.save) here")
     p.add_argument("--json-out", help="also write the test/valid metrics and run facts as JSON here")
     args = p.parse_args()
+    if args.extra_test_fp32 and not args.bf16:
+        p.error("--extra-test-fp32 compares fp32 with bf16 decoding: give --bf16 too (without it the test split is decoded in fp32 already)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
 
     import torch
@@ -149,8 +151,7 @@ def main() -> None:
         seed=args.seed, device=args.device,
         # the core default unless given
         **({} if args.length_pool_batches is None else {"length_pool_batches": args.length_pool_batches}),
-        **{field: getattr(args, flag[2:].replace("-", "_")) for flag, field in ARCH_FLAGS.items()
-           if getattr(args, flag[2:].replace("-", "_")) is not None},
+        **{field: getattr(args, field) for field in ARCH_FLAGS.values() if getattr(args, field) is not None},
     )
     t0 = time.perf_counter()
     model, history = train_recommender(cfg, sids, seqs, eval_every=args.eval_every)
@@ -159,7 +160,7 @@ def main() -> None:
     valid = None if args.no_valid_eval else evaluate_recommender(model, seqs, split="valid")
     test_beams = {w: evaluate_recommender(model, seqs, split="test", beam_size=w) for w in args.extra_test_beams}
     test_fp32 = None
-    if args.extra_test_fp32 and args.bf16:  # the same weights, beam search without bf16 autocast (nor TF32)
+    if args.extra_test_fp32:  # the same weights, beam search without bf16 autocast (nor TF32)
         model.config = dataclasses.replace(model.config, bf16=False)
         torch.backends.cuda.matmul.allow_tf32 = False
         test_fp32 = evaluate_recommender(model, seqs, split="test")
