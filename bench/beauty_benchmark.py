@@ -152,12 +152,12 @@ def summarize(args) -> None:
     for js in sorted(out.glob("rec_*.json")):
         d = json.loads(js.read_text())
         method = js.stem.removeprefix("rec_").rsplit("_s", 1)[0]
-        beams = {f"recall@10_beam{b}": m["recall@10"] for b, m in (d.get("test_beams") or {}).items()}
+        extra = {f"recall@10_beam{b}": m["recall@10"] for b, m in (d.get("test_beams") or {}).items()}
         if d.get("test_fp32"):  # --extra-test-fp32: the same weights decoded without bf16
-            beams.update({f"{m}_fp32": d["test_fp32"][m] for m in ("recall@10", "ndcg@10")})
+            extra.update({f"{m}_fp32": d["test_fp32"][m] for m in ("recall@10", "ndcg@10")})
         rows.append({"method": method, "seed": d["seed"], **{m: d["test"][m] for m in METRICS},
                      "epochs_run": d["epochs_run"], "best_epoch": d.get("best_epoch"), "train_s": d["train_seconds"],
-                     **beams})
+                     **extra})
     if not rows:
         print("no results yet")
         return

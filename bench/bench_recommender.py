@@ -150,8 +150,7 @@ def main() -> None:
         compile_length_step=args.compile_length_step,
         seed=args.seed, device=args.device,
         # the core default unless given
-        **({} if args.length_pool_batches is None else {"length_pool_batches": args.length_pool_batches}),
-        **{field: getattr(args, field) for field in ARCH_FLAGS.values() if getattr(args, field) is not None},
+        **{f: getattr(args, f) for f in ("length_pool_batches", *ARCH_FLAGS.values()) if getattr(args, f) is not None},
     )
     t0 = time.perf_counter()
     model, history = train_recommender(cfg, sids, seqs, eval_every=args.eval_every)
@@ -161,10 +160,10 @@ def main() -> None:
     test_beams = {w: evaluate_recommender(model, seqs, split="test", beam_size=w) for w in args.extra_test_beams}
     test_fp32 = None
     if args.extra_test_fp32:  # the same weights, beam search without bf16 autocast (nor TF32)
-        model.config = dataclasses.replace(model.config, bf16=False)
+        trained_config, model.config = model.config, dataclasses.replace(model.config, bf16=False)
         torch.backends.cuda.matmul.allow_tf32 = False
         test_fp32 = evaluate_recommender(model, seqs, split="test")
-        model.config = dataclasses.replace(model.config, bf16=True)
+        model.config = trained_config
     if args.save:
         torch.save(model.to_checkpoint(), args.save)
 
