@@ -88,6 +88,8 @@ def main() -> None:
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--patience", type=int, default=10)
+    p.add_argument("--ema-decay", type=float, default=0.0,
+                   help="validate, keep and test an exponential moving average of the weights (e.g. 0.999); 0 = off")
     p.add_argument("--eval-every", type=int, default=1)
     p.add_argument("--valid-max-users", type=int, default=None)
     p.add_argument("--max-train-seconds", type=float, default=None, help="stop after the epoch that ends past this budget")
@@ -145,7 +147,7 @@ def main() -> None:
         epochs=args.epochs, batch_size=args.batch_size, beam_size=args.beam_size, eval_batch_size=args.eval_batch_size,
         bf16=args.bf16, compile=args.compile, compile_mode=args.compile_mode, lr=args.lr,
         lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps,
-        weight_decay=args.weight_decay, dropout=args.dropout, patience=args.patience,
+        weight_decay=args.weight_decay, dropout=args.dropout, patience=args.patience, ema_decay=args.ema_decay,
         valid_max_users=args.valid_max_users, max_train_seconds=args.max_train_seconds, max_history=args.max_history, use_user_token=not args.no_user_token,
         compile_length_step=args.compile_length_step,
         seed=args.seed, device=args.device,

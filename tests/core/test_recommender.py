@@ -123,7 +123,7 @@ def test_trie_lookup_matches_the_set_of_valid_sids() -> None:
     "field, value",
     [("d_model", 0), ("dropout", 1.0), ("beam_size", 0), ("lr_schedule", "linear"), ("n_user_buckets", 0),
      ("lr", 0.0), ("valid_max_users", 0), ("device", ""), ("max_train_seconds", 0.0),
-     ("length_pool_batches", 0), ("compile_length_step", 21)],
+     ("length_pool_batches", 0), ("compile_length_step", 21), ("ema_decay", 1.0), ("ema_decay", -0.1)],
 )
 def test_config_validation_names_the_field(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
@@ -241,6 +241,51 @@ def test_learns_a_predictable_sequence_and_restores_best_weights() -> None:
     best = max((r["valid_recall@10"], r["valid_ndcg@10"]) for r in history)
     valid = evaluate_recommender(model, seqs, split="valid")
     assert (valid["recall@10"], valid["ndcg@10"]) == best
+
+
+# ---------------------------------------------------------------------------------------------- weight EMA
+def test_parameter_ema_follows_the_warmed_up_average_and_restores_the_training_weights() -> None:
+    from unisid_pipeline.recommender.ema import ParameterEMA
+
+    lin = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, -1.0]]))
+    ema = ParameterEMA(lin, decay=0.5)
+    expected = torch.tensor([[1.0, -1.0]])
+    for value in (3.0, 5.0, 7.0):
+        with torch.no_grad():
+            lin.weight.fill_(value)
+        d = min(0.5, (1 + ema.updates) / (10 + ema.updates))  # 0.1, then 0.1818..., then 0.25
+        ema.update()
+        expected = d * expected + (1 - d) * value
+    assert torch.allclose(ema.shadow[0], expected)
+    ptr = lin.weight.data_ptr()
+    with pytest.raises(RuntimeError, match="inside"):
+        with ema.applied():
+            assert torch.allclose(lin.weight, expected) and lin.weight.data_ptr() == ptr  # same storage
+            raise RuntimeError("inside")
+    assert torch.equal(lin.weight, torch.full((1, 2), 7.0))  # put back, also after an error
+    with pytest.raises(ValueError, match="decay"):
+        ParameterEMA(lin, decay=1.0)
+
+
+def test_ema_training_validates_and_returns_the_averaged_weights() -> None:
+    ad_ids, codes = sparse_catalog(30, (8, 8), seed=8)
+    seqs = chain_sequences(ad_ids, n_users=60, length=10, seed=1)
+    base = {**TINY, "max_history": 3, "use_user_token": False, "dropout": 0.0, "lr": 3e-3, "lr_schedule": "constant",
+            "warmup_steps": 10, "batch_size": 32, "epochs": 8, "patience": 3, "beam_size": 20}
+    raw, raw_hist = train_recommender(RecommenderConfig(**base), (ad_ids, codes), seqs, seed=0, device="cpu")
+    model, history = train_recommender(RecommenderConfig(**{**base, "ema_decay": 0.9}), (ad_ids, codes), seqs,
+                                       seed=0, device="cpu")
+    # the EMA does not change training (same losses while both run; early stopping may end them apart),
+    # only which weights are validated and kept
+    both = min(len(history), len(raw_hist))
+    assert [r["train_loss"] for r in history[:both]] == [r["train_loss"] for r in raw_hist[:both]]
+    assert not all(torch.equal(a, b) for a, b in zip(model.t5.state_dict().values(), raw.t5.state_dict().values()))
+    best = max((r["valid_recall@10"], r["valid_ndcg@10"]) for r in history)
+    valid = evaluate_recommender(model, seqs, split="valid")
+    assert (valid["recall@10"], valid["ndcg@10"]) == best  # the returned weights are the validated (averaged) ones
+    assert evaluate_recommender(model, seqs, split="test")["recall@1"] > 0.8
 
 
 # ---------------------------------------------------------------------------------------------- batching

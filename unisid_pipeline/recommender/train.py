@@ -6,6 +6,7 @@ valid_target; test: test_history -> test_target (see the user_sequences contract
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -19,6 +20,7 @@ import polars as pl
 import torch
 
 from unisid_pipeline.recommender.batching import epoch_batches, padded_length
+from unisid_pipeline.recommender.ema import ParameterEMA
 from unisid_pipeline.recommender.evaluate import check_sequences, rank_histories
 from unisid_pipeline.recommender.model import GenerativeRecommender, RecommenderConfig, autocast_ctx
 from unisid_pipeline.recommender.vocab import SIDVocab
@@ -135,8 +137,8 @@ def train_recommender(
     History dicts hold ``epoch``, ``step``, ``train_loss``, ``lr``, ``seconds`` (epoch wall time,
     validation included), ``evaluated`` and ``valid_recall@1/5/10/20``, ``valid_ndcg@5/10``,
     ``valid_mrr`` (None on epochs without validation). Early stopping: ``config.patience``
-    validations without a better Recall@10 (ties broken by NDCG@10); the best weights are restored
-    at the end.
+    validations without a better Recall@10 (ties broken by NDCG@10); the best weights (the averaged
+    ones with ``config.ema_decay``) are restored at the end.
 
     Under torchrun (see `unisid_pipeline.distributed`) the model trains with DDP: every rank draws the
     same seeded permutation, each global batch of config.batch_size examples is split between the
@@ -207,6 +209,9 @@ def _train_recommender(
     # eager: each batch trimmed to its longest history; compiled: rounded up to one of few static widths
     granularity = (config.compile_length_step or config.max_history) if config.compile else 1
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda(config, steps_per_epoch * config.epochs))
+    ema = ParameterEMA(model.t5, config.ema_decay) if config.ema_decay > 0 else None
+    # the weights validated, kept as the best and returned: the EMA's while its block is open, else the raw ones
+    averaged = ema.applied if ema is not None else contextlib.nullcontext
     logger.info(
         "training recommender: %d train examples, %d valid users, %d items, vocab %d, %d params, device %s",
         n, len(valid_ex), vocab.n_items, vocab.vocab_size, sum(p.numel() for p in model.parameters()), dev,
@@ -243,6 +248,8 @@ def _train_recommender(
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optim.step()
             sched.step()
+            if ema is not None:
+                ema.update()
             step += 1
             loss_sum += loss.detach().float() * (rows.numel() if weight is None else weight * n_rows / ctx.world_size)
         train_loss = float(loss_sum) if not ctx.enabled else ctx.all_reduce({"loss": float(loss_sum)})["loss"]
@@ -258,16 +265,21 @@ def _train_recommender(
             if ctx.enabled:  # every rank must stop at the same epoch
                 out_of_time = ctx.all_reduce({"t": float(out_of_time)})["t"] > 0
         evaluated = epoch % eval_every == 0 or epoch == config.epochs or out_of_time
-        metrics = _evaluate_examples(model, valid_ex, ctx) if evaluated else None
+        metrics = None
+        if evaluated:
+            with averaged():
+                metrics = _evaluate_examples(model, valid_ex, ctx)
+                score = (metrics["recall@10"], metrics["ndcg@10"])  # NDCG@10 breaks ties of Recall@10
+                improved = score > best_score
+                if improved:
+                    best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.t5.state_dict().items()})
         for key in ("recall@1", "recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "mrr"):
             record[f"valid_{key}"] = None if metrics is None else metrics[key]
         record["evaluated"] = evaluated
         stop = False
         if metrics is not None:
-            score = (metrics["recall@10"], metrics["ndcg@10"])  # NDCG@10 breaks ties of Recall@10
-            if score > best_score:
+            if improved:
                 best_score, best_epoch, bad = score, epoch, 0
-                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.t5.state_dict().items()})
             else:
                 bad += 1
                 stop = bad >= config.patience
