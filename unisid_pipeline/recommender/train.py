@@ -210,7 +210,6 @@ def _train_recommender(
     granularity = (config.compile_length_step or config.max_history) if config.compile else 1
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_lambda(config, steps_per_epoch * config.epochs))
     ema = ParameterEMA(model.t5, config.ema_decay) if config.ema_decay > 0 else None
-    # the weights validated, kept as the best and returned: the EMA's while its block is open, else the raw ones
     averaged = ema.applied if ema is not None else contextlib.nullcontext
     logger.info(
         "training recommender: %d train examples, %d valid users, %d items, vocab %d, %d params, device %s",
@@ -265,24 +264,20 @@ def _train_recommender(
             if ctx.enabled:  # every rank must stop at the same epoch
                 out_of_time = ctx.all_reduce({"t": float(out_of_time)})["t"] > 0
         evaluated = epoch % eval_every == 0 or epoch == config.epochs or out_of_time
-        metrics = None
+        metrics, stop = None, False
         if evaluated:
-            with averaged():
+            with averaged():  # validate and keep the weights that are returned (the average with an EMA)
                 metrics = _evaluate_examples(model, valid_ex, ctx)
                 score = (metrics["recall@10"], metrics["ndcg@10"])  # NDCG@10 breaks ties of Recall@10
-                improved = score > best_score
-                if improved:
+                if score > best_score:
+                    best_score, best_epoch, bad = score, epoch, 0
                     best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.t5.state_dict().items()})
+                else:
+                    bad += 1
+                    stop = bad >= config.patience
         for key in ("recall@1", "recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "mrr"):
             record[f"valid_{key}"] = None if metrics is None else metrics[key]
         record["evaluated"] = evaluated
-        stop = False
-        if metrics is not None:
-            if improved:
-                best_score, best_epoch, bad = score, epoch, 0
-            else:
-                bad += 1
-                stop = bad >= config.patience
         record["seconds"] = time.perf_counter() - t0
         history.append(record)
         logger.info(
