@@ -13,10 +13,11 @@ for ms in "${specs[@]}"; do  # TABLE/VARIANT runs need their table and V_VARIANT
   for s in ${ms#*:}; do [ -f $D/sids_${table}_s$s.parquet ] || { echo "BASE_RUNS: no $D/sids_${table}_s$s.parquet (.gpuR)"; exit 1; }; done
   [ -z "$variant" ] || [ -n "$vflags" ] || { echo "BASE_RUNS: ${ms%%:*} needs V_$variant=\"<flags>\" (a variant name of letters, digits, _)"; exit 1; }
 done
-n=0
-for ms in "${specs[@]}"; do for s in ${ms#*:}; do
+: > $R/runs  # the results poll.sh waits for: this start's, not those a warm machine kept from an earlier call
+mkdir -p $R/prev
+for ms in "${specs[@]}"; do parse_run "${ms%%:*}"; for s in ${ms#*:}; do
+  for f in $R/rec_${name}_s$s.*; do [ -e "$f" ] && mv "$f" $R/prev/; done  # same name run before (already returned)
+  echo rec_${name}_s$s.json >> $R/runs
   setsid nohup bash /tmp/repo/bench/gpu/s4/run_rec.sh ${ms%%:*} $s $D > /dev/null 2>&1 < /dev/null &
-  n=$((n + 1))
 done; done
-echo $n > $R/expect  # poll.sh waits for these
 sleep ${WATCH:-50}; bash /tmp/repo/bench/gpu/s4/poll.sh 0

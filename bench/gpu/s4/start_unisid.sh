@@ -14,6 +14,6 @@ for s in 0 1 2; do
 done
 wait
 EOS
-[ "${UNISID_REC:-1}" = 0 ] || echo $(( $(cat $R/expect 2>/dev/null || echo 0) + 3 )) > $R/expect  # 3 more results to wait for
+[ "${UNISID_REC:-1}" = 0 ] || for s in 0 1 2; do echo rec_unisid_s$s.json >> $R/runs; done  # 3 more results to wait for
 UNISID_REC=${UNISID_REC:-1} setsid nohup bash $R/unisid.sh > $R/unisid_master.log 2>&1 < /dev/null &
 bash /tmp/repo/bench/gpu/s4/poll.sh ${POLL:-540}
