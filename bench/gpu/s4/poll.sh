@@ -3,7 +3,7 @@
 # $R/runs by start_base.sh / start_unisid.sh (this lease's runs only; until session 10 any rec_*.json counted, so on
 # a warm machine a previous call's result made the next poll return at once); EXPECT overrides how many must exist.
 source /tmp/repo/bench/gpu/s4/env.sh
-EXPECT=${EXPECT:-$(grep -c . $R/runs 2>/dev/null || echo 9)}
+if [ -s $R/runs ]; then EXPECT=${EXPECT:-$(grep -c . $R/runs)}; else EXPECT=${EXPECT:-9}; fi  # no list: runs started by hand
 done_runs() { local n=0 f; while read -r f; do [ -s "$R/$f" ] && n=$((n + 1)); done < <(cat $R/runs 2>/dev/null); echo $n; }
 end=$(( $(date +%s) + $1 ))
 while :; do
