@@ -70,7 +70,8 @@ def tokenize(args) -> None:
 
                 rq_cfg = RQVAEConfig(epochs=args.rqvae_epochs, **({} if args.rqvae_optimizer is None else {"optimizer": args.rqvae_optimizer}),
                                      **({} if args.rqvae_lr is None else {"lr": args.rqvae_lr}),
-                                     **({} if args.rqvae_latent_dim is None else {"latent_dim": args.rqvae_latent_dim}))
+                                     **({} if args.rqvae_latent_dim is None else {"latent_dim": args.rqvae_latent_dim}),
+                                     standardize_inputs=args.rqvae_standardize)
                 tok, hist = train_rq_vae(rq_cfg, x, seed=seed, device=args.device)
                 ids, raw, cost = ad_ids, tok.encode(x), tok.last_level_distances(x)
                 log(f"rq_vae seed {seed}: final loss {hist['loss'][-1]:.4f}, usage "
@@ -190,6 +191,8 @@ def main() -> None:
     ap.add_argument("--rqvae-lr", type=float, default=None, help="RQVAEConfig.lr (default: the config's)")
     ap.add_argument("--rqvae-latent-dim", type=int, default=None,
                     help="RQVAEConfig.latent_dim (default: the config's, TIGER's 32)")
+    ap.add_argument("--rqvae-standardize", action="store_true",
+                    help="RQVAEConfig.standardize_inputs: per-dimension standardized encoder input")
     ap.add_argument("--unisid-epochs", type=int, default=3)
     ap.add_argument("--unisid-batch-size", type=int, default=128)
     ap.add_argument("--unisid-rec-decoder", default="tiny", help="tiny | smollm2 (frozen) | a local causal LM folder")

@@ -258,6 +258,34 @@ def test_rq_vae_round_trips(data: np.ndarray, vae: tuple[RQVAETokenizer, dict], 
     assert np.array_equal(again.decode_embedding(model.encode(data)), model.decode_embedding(model.encode(data)))
 
 
+def test_rq_vae_standardized_inputs_ignore_per_dimension_scale_and_offset(data: np.ndarray) -> None:
+    """With standardize_inputs the encoder sees each dimension as z-scores, so rescaling and shifting dimensions
+    (by powers of two: exact in float) gives the same codes, and a dimension 1,000x wider than the rest does not
+    take over; reconstructions come back in input units and survive a checkpoint."""
+    std_vae = dataclasses.replace(VAE, epochs=3, standardize_inputs=True)
+    scale = np.where(np.arange(data.shape[1]) % 2 == 0, 4.0, 0.25).astype(np.float32)
+    a, _ = train_rq_vae(std_vae, data, seed=1, device="cpu")
+    b, _ = train_rq_vae(std_vae, data * scale + 2.0, seed=1, device="cpu")
+    assert np.array_equal(a.encode(data), b.encode(data * scale + 2.0))
+    wide = data.copy()
+    wide[:, 0] *= 1024.0  # one dimension dominates the raw squared error
+    plain, _ = train_rq_vae(dataclasses.replace(std_vae, standardize_inputs=False), wide, seed=1, device="cpu")
+    stdz, _ = train_rq_vae(std_vae, wide, seed=1, device="cpu")
+    rest = lambda m: float(((m.decode_embedding(m.encode(wide))[:, 1:] - wide[:, 1:]) ** 2).sum(1).mean())  # noqa: E731
+    assert rest(stdz) < rest(plain)  # the other 15 dimensions are still reconstructed
+    out = stdz(torch.from_numpy(wide))
+    assert np.allclose(out.reconstruction.detach().numpy(), stdz.decode_embedding(out.codes), rtol=1e-4, atol=1e-2)
+    again = RQVAETokenizer.from_checkpoint(stdz.to_checkpoint())
+    assert np.array_equal(again.encode(wide), stdz.encode(wide))
+
+
+def test_rq_vae_checkpoint_from_before_standardization_loads(vae: tuple[RQVAETokenizer, dict], data: np.ndarray) -> None:
+    model, _ = vae
+    old = model.to_checkpoint()
+    del old["config"]["standardize_inputs"]  # checkpoints written before the field existed
+    assert np.array_equal(RQVAETokenizer.from_checkpoint(old).encode(data), model.encode(data))
+
+
 def test_rq_vae_reinit_revives_a_collapsed_codebook(data: np.ndarray) -> None:
     """Without k-means init the tiny uniform codebook collapses onto few codes; re-init spreads it."""
     base = dataclasses.replace(VAE, kmeans_init=False, epochs=4)

@@ -267,6 +267,12 @@ class RQVAEConfig:
     initial encoder; otherwise codewords start uniform in [-1/K, 1/K]. Dead codes: after every
     epoch but the last, codewords used <= dead_code_threshold times during that epoch are moved
     onto random current residuals of their level (if reinit_dead_codes).
+
+    standardize_inputs: before the encoder, subtract each input dimension's mean and divide by its standard
+    deviation over the training embeddings (kept with the tokenizer, floored at 1% of the mean standard
+    deviation, so a near-constant dimension is not blown up); the decoder reconstructs the standardized input.
+    Off by default (TIGER feeds its embeddings as they are). On L2-normalized MiniLM Beauty title embeddings it
+    made the codes follow the interaction sequences more (BENCHMARKS.md, sessions 10-11).
     """
 
     n_levels: int = 3
@@ -284,6 +290,7 @@ class RQVAEConfig:
     kmeans_init_iters: int = 20
     reinit_dead_codes: bool = True
     dead_code_threshold: int = 0
+    standardize_inputs: bool = False
     deterministic: bool = True  # CPU only: train single-threaded so the same seed gives the same SIDs
 
     def __post_init__(self) -> None:
@@ -522,19 +529,40 @@ class RQVAETokenizer(_RQTokenizer):
         super().__init__(config, input_dim, latent_dim=config.latent_dim, learnable=True)
         self.encoder = _mlp([input_dim, *config.hidden_dims, config.latent_dim])
         self.decoder = _mlp([config.latent_dim, *reversed(config.hidden_dims), input_dim])
+        if config.standardize_inputs:  # set by `fit_standardization`; saved in the state dict
+            self.register_buffer("input_mean", torch.zeros(input_dim))
+            self.register_buffer("input_std", torch.ones(input_dim))
+
+    @torch.no_grad()
+    def fit_standardization(self, x: torch.Tensor) -> None:
+        """Set the per-dimension mean and (floored) standard deviation from the training embeddings x (n, d)."""
+        if not self.config.standardize_inputs:
+            raise ValueError("fit_standardization needs RQVAEConfig(standardize_inputs=True)")
+        x64 = x.to(torch.float64)
+        mean, std = x64.mean(0), x64.std(0, unbiased=False)
+        std = std.clamp_min(0.01 * float(std.mean()) or 1.0)  # all-constant input: leave the scale alone
+        self.input_mean.copy_(mean.to(self.input_mean))
+        self.input_std.copy_(std.to(self.input_std))
+
+    def _standardize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.input_mean) / self.input_std if self.config.standardize_inputs else x
 
     def _to_latent(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
+        return self.encoder(self._standardize(x))
 
     def _from_latent(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z)
+        x = self.decoder(z)
+        return x * self.input_std + self.input_mean if self.config.standardize_inputs else x
 
     def forward(self, x: torch.Tensor) -> RQVAEOutput:
-        """Training pass on x (n, d): loss = recon + codebook + beta * commitment."""
-        q = self.rq(self.encoder(x))
-        x_hat = self.decoder(q.quantized)
-        recon = ((x_hat - x) ** 2).sum(1).mean()
+        """Training pass on x (n, d): loss = recon + codebook + beta * commitment (recon in standardized
+        units with standardize_inputs; `reconstruction` is in input units)."""
+        xs = self._standardize(x)
+        q = self.rq(self.encoder(xs))
+        xs_hat = self.decoder(q.quantized)
+        recon = ((xs_hat - xs) ** 2).sum(1).mean()
         loss = recon + q.codebook_loss + self.config.beta * q.commitment_loss
+        x_hat = xs_hat * self.input_std + self.input_mean if self.config.standardize_inputs else xs_hat
         return RQVAEOutput(loss, recon, q.codebook_loss, q.commitment_loss, q.codes, q.residuals, x_hat)
 
 
@@ -634,6 +662,8 @@ def _train_rq_vae(
         raise ValueError(f"RQVAEConfig.batch_size={config.batch_size} is larger than the data ({n} items): "
                          f"set batch_size to at most {n}")
     model = RQVAETokenizer(config, x.shape[1])  # built on the CPU: same initial weights on every device
+    if config.standardize_inputs:
+        model.fit_standardization(x)
     K, L = config.codebook_size, config.n_levels
     if not config.kmeans_init:
         with torch.no_grad():
@@ -644,7 +674,7 @@ def _train_rq_vae(
 
     def sample_latents(size: int) -> torch.Tensor:
         idx = torch.randperm(n, generator=generator)[: min(n, size)].to(dev)
-        return model.encoder(x[idx])
+        return model._to_latent(x[idx])
 
     if config.kmeans_init:
         with torch.no_grad():
