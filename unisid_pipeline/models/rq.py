@@ -271,8 +271,9 @@ class RQVAEConfig:
     standardize_inputs: before the encoder, subtract each input dimension's mean and divide by its standard
     deviation over the training embeddings (kept with the tokenizer, floored at 1% of the mean standard
     deviation, so a near-constant dimension is not blown up); the decoder reconstructs the standardized input.
-    Off by default (TIGER feeds its embeddings as they are). On L2-normalized MiniLM Beauty title embeddings it
-    made the codes follow the interaction sequences more (BENCHMARKS.md, sessions 10-11).
+    Off by default (TIGER feeds its embeddings as they are). On L2-normalized MiniLM Beauty title embeddings (a
+    large common component, small coordinates) it made the codes follow the interaction sequences more
+    (BENCHMARKS.md, sessions 10-11).
     """
 
     n_levels: int = 3
