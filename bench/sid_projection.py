@@ -3,7 +3,7 @@ their PCA projections to k dimensions (k = the RQ-VAE's latent width and wider),
 transition agreement (`unisid_pipeline.analysis.transition_agreement`: the share of consecutive training
 interactions whose SIDs share the level-l prefix) and the raw collision rate. Prints one markdown table.
 
-    python bench/sid_projection.py --data bench/out/beauty --dims 32 64 128 --seed 0     # ~20 s on 2 CPU cores
+    python bench/sid_projection.py --data bench/out/beauty --dims 32 64 128 --seed 0     # 25 s on an idle 2-core CPU
 
 --data is a bench/beauty_prepare.py folder (embeddings.parquet, sequences.parquet).
 """
@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 
 from unisid_pipeline.analysis import transition_agreement
+from unisid_pipeline.embeddings import frame_to_embeddings
 from unisid_pipeline.models.rq import RQKMeansConfig, fit_rq_kmeans
 from unisid_pipeline.sid import build_sid_table
 
@@ -34,10 +35,8 @@ def main() -> None:
     ap.add_argument("--dims", nargs="+", type=int, default=[32, 64, 128])
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    emb = pl.read_parquet(Path(args.data) / "embeddings.parquet")
+    ad_ids, x = frame_to_embeddings(pl.read_parquet(Path(args.data) / "embeddings.parquet"))
     seqs = pl.read_parquet(Path(args.data) / "sequences.parquet")
-    ad_ids = emb["ad_id"].to_numpy()
-    x = np.ascontiguousarray(emb["embedding"].to_numpy(), dtype=np.float32).reshape(emb.height, -1)
     too_wide = [k for k in args.dims if not 1 <= k < x.shape[1]]
     if too_wide:
         ap.error(f"--dims {too_wide}: each must be between 1 and {x.shape[1] - 1} (the embeddings are {x.shape[1]}-d)")

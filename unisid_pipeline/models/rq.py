@@ -548,12 +548,14 @@ class RQVAETokenizer(_RQTokenizer):
     def _standardize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.input_mean) / self.input_std if self.config.standardize_inputs else x
 
+    def _unstandardize(self, xs: torch.Tensor) -> torch.Tensor:
+        return xs * self.input_std + self.input_mean if self.config.standardize_inputs else xs
+
     def _to_latent(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(self._standardize(x))
 
     def _from_latent(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.decoder(z)
-        return x * self.input_std + self.input_mean if self.config.standardize_inputs else x
+        return self._unstandardize(self.decoder(z))
 
     def forward(self, x: torch.Tensor) -> RQVAEOutput:
         """Training pass on x (n, d): loss = recon + codebook + beta * commitment (recon in standardized
@@ -563,8 +565,8 @@ class RQVAETokenizer(_RQTokenizer):
         xs_hat = self.decoder(q.quantized)
         recon = ((xs_hat - xs) ** 2).sum(1).mean()
         loss = recon + q.codebook_loss + self.config.beta * q.commitment_loss
-        x_hat = xs_hat * self.input_std + self.input_mean if self.config.standardize_inputs else xs_hat
-        return RQVAEOutput(loss, recon, q.codebook_loss, q.commitment_loss, q.codes, q.residuals, x_hat)
+        return RQVAEOutput(loss, recon, q.codebook_loss, q.commitment_loss, q.codes, q.residuals,
+                           self._unstandardize(xs_hat))
 
 
 # --------------------------------------------------------------------------- fitting

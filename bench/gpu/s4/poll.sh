@@ -4,7 +4,7 @@
 # a warm machine a previous call's result made the next poll return at once); EXPECT overrides how many must exist.
 source /tmp/repo/bench/gpu/s4/env.sh
 if [ -s $R/runs ]; then EXPECT=${EXPECT:-$(grep -c . $R/runs)}; else EXPECT=${EXPECT:-9}; fi  # no list: runs started by hand
-done_runs() { local n=0 f; while read -r f; do [ -s "$R/$f" ] && n=$((n + 1)); done < <(cat $R/runs 2>/dev/null); echo $n; }
+done_runs() { local n=0 f; [ -f $R/runs ] && while read -r f; do [ -s "$R/$f" ] && n=$((n + 1)); done < $R/runs; echo $n; }
 end=$(( $(date +%s) + $1 ))
 while :; do
   echo "== $(date +%T) t=$(( $(date +%s) - $(cat $R/t0) ))s, to deadline $(( $(cat $R/deadline) - $(date +%s) ))s; $(nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader)"
