@@ -71,7 +71,8 @@ def tokenize(args) -> None:
                 rq_cfg = RQVAEConfig(epochs=args.rqvae_epochs, **({} if args.rqvae_optimizer is None else {"optimizer": args.rqvae_optimizer}),
                                      **({} if args.rqvae_lr is None else {"lr": args.rqvae_lr}),
                                      **({} if args.rqvae_latent_dim is None else {"latent_dim": args.rqvae_latent_dim}),
-                                     standardize_inputs=args.rqvae_standardize)
+                                     standardize_inputs=args.rqvae_standardize,
+                                     reinit_dead_codes=not args.rqvae_no_reinit)
                 tok, hist = train_rq_vae(rq_cfg, x, seed=seed, device=args.device)
                 ids, raw, cost = ad_ids, tok.encode(x), tok.last_level_distances(x)
                 log(f"rq_vae seed {seed}: final loss {hist['loss'][-1]:.4f}, usage "
@@ -193,6 +194,8 @@ def main() -> None:
                     help="RQVAEConfig.latent_dim (default: the config's, TIGER's 32)")
     ap.add_argument("--rqvae-standardize", action="store_true",
                     help="RQVAEConfig.standardize_inputs: per-dimension standardized encoder input")
+    ap.add_argument("--rqvae-no-reinit", action="store_true",
+                    help="RQVAEConfig.reinit_dead_codes=False: k-means init only, as TIGER describes (no dead-code restarts)")
     ap.add_argument("--unisid-epochs", type=int, default=3)
     ap.add_argument("--unisid-batch-size", type=int, default=128)
     ap.add_argument("--unisid-rec-decoder", default="tiny", help="tiny | smollm2 (frozen) | a local causal LM folder")
