@@ -16,7 +16,7 @@ done
 : > $R/runs  # the results poll.sh waits for: this start's, not those a warm machine kept from an earlier call
 mkdir -p $R/prev
 for ms in "${specs[@]}"; do parse_run "${ms%%:*}"; for s in ${ms#*:}; do
-  for f in $R/rec_${name}_s$s.*; do [ -e "$f" ] && mv "$f" $R/prev/; done  # same name run before (already returned)
+  for f in $R/rec_${name}_s$s.* $R/model_${name}_s$s.pt; do [ -e "$f" ] && mv "$f" $R/prev/; done  # same name run before
   echo rec_${name}_s$s.json >> $R/runs
   setsid nohup bash /tmp/repo/bench/gpu/s4/run_rec.sh ${ms%%:*} $s $D > /dev/null 2>&1 < /dev/null &
 done; done

@@ -1,0 +1,116 @@
+"""Where a trained recommender's ranking loses: hit ranks and SID-prefix hits of one split, on any device.
+
+Loads a checkpoint written by `bench_recommender.py --save` (fp32 or the fp16 copies that
+bench/gpu/s4/poll.sh brings back; tensors are cast back to float32), ranks the split with the constrained
+beam search and prints three markdown tables:
+
+- the item-level metrics (the same `ranking_metrics` as training reports; on the CPU in float32 they
+  may differ slightly from the GPU's bf16 figures);
+- where the hits fall: rank 1, 2-5, 6-10, 11-20, not in the top W;
+- prefix hits: for l = 1..L, the share of users whose top-1 / top-10 items include one sharing the target's
+  first l SID codes. Where the level-l column stays high and the level-(l+1) one drops, the model finds the
+  right neighbourhood and then ranks the wrong member of it (for the last level: the wrong one of colliding
+  items).
+
+    python bench/rank_analysis.py --checkpoint model.pt --sequences bench/out/beauty/sequences.parquet \
+        --split test --max-users 4000 --device cpu
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from unisid_pipeline.metrics import ranking_metrics, target_ranks  # noqa: E402
+from unisid_pipeline.recommender.evaluate import check_sequences, rank_histories, split_columns  # noqa: E402
+from unisid_pipeline.recommender.model import GenerativeRecommender  # noqa: E402
+from unisid_pipeline.seeding import resolve_device  # noqa: E402
+
+
+def load_checkpoint(path: str, device: str) -> GenerativeRecommender:
+    d = torch.load(path, map_location="cpu", weights_only=False)
+    d["state_dict"] = {k: v.float() if v.is_floating_point() else v for k, v in d["state_dict"].items()}
+    model = GenerativeRecommender.from_checkpoint(d)
+    model.config = dataclasses.replace(model.config, bf16=False)  # float32 decoding wherever it runs
+    model.eval()
+    return model.to(resolve_device(device))
+
+
+def prefix_hits(ranked_idx: np.ndarray, target_idx: np.ndarray, codes: np.ndarray, ks: tuple[int, ...]) -> dict:
+    """{(level, k): share of rows whose top-k items include one with the target's first `level` codes}.
+
+    ranked_idx: (n, W) item indices (-1 = none); target_idx: (n,) item indices; codes: (n_items, L).
+    """
+    valid = ranked_idx >= 0
+    ranked_codes = codes[np.clip(ranked_idx, 0, None)]  # (n, W, L)
+    same = ranked_codes == codes[target_idx][:, None, :]  # (n, W, L)
+    out = {}
+    for level in range(1, codes.shape[1] + 1):
+        match = same[:, :, :level].all(axis=2) & valid  # (n, W)
+        for k in ks:
+            out[(level, k)] = float(match[:, :k].any(axis=1).mean())
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a bench_recommender.py --save file (fp32 or fp16)")
+    p.add_argument("--sequences", required=True, help="user_sequences parquet the model was trained on")
+    p.add_argument("--split", default="test", choices=("valid", "test"))
+    p.add_argument("--beam-size", type=int, default=None, help="default: the checkpoint's config")
+    p.add_argument("--max-users", type=int, default=None, help="the first N users only (for a quick CPU look)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args()
+
+    model = load_checkpoint(args.checkpoint, args.device)
+    seqs = pl.read_parquet(args.sequences)
+    hist_col, tgt_col = split_columns(args.split)
+    check_sequences(seqs, (hist_col, tgt_col))
+    if args.max_users is not None:
+        seqs = seqs.head(args.max_users)
+    targets = seqs[tgt_col].to_numpy().astype(np.int64)
+    try:
+        target_idx = model.vocab.item_index(targets)
+    except KeyError as e:
+        raise SystemExit(f"{args.split} targets vs the checkpoint's SID table: {e.args[0]} "
+                         "(--sequences must be the data the model was trained on)") from None
+    w = args.beam_size or model.config.beam_size
+    history_idx = model.history_matrix(seqs[hist_col].to_list())
+    user_tokens = model.vocab.user_token(seqs["user_id"].to_numpy()) if model.config.use_user_token else None
+    t0 = time.perf_counter()
+    items, _ = rank_histories(model, history_idx, user_tokens, args.batch_size, w)
+    seconds = time.perf_counter() - t0
+    ad_ids = model.vocab.ad_ids
+    ranked = np.where(items >= 0, ad_ids[np.clip(items, 0, None)], -1)
+
+    n = len(targets)
+    print(f"{args.checkpoint}: {args.split}, {n} users, beam {w}, {args.device}, {seconds:.0f} s "
+          f"({n / max(seconds, 1e-9):.0f} users/s)\n")
+    m = ranking_metrics(ranked, targets)
+    print("| " + " | ".join(m) + " |\n|" + "---|" * len(m) + "\n| " + " | ".join(f"{v:.4f}" for v in m.values()) + " |\n")
+
+    ranks = target_ranks(ranked, targets)  # 1-based, 0 = not ranked
+    bins = [("1", (ranks == 1)), ("2-5", (ranks >= 2) & (ranks <= 5)), ("6-10", (ranks >= 6) & (ranks <= 10)),
+            ("11-20", (ranks >= 11) & (ranks <= 20)), (f"not in top {w}", ranks == 0)]
+    print("| target's rank | " + " | ".join(b for b, _ in bins) + " |\n|---|" + "---|" * len(bins))
+    print("| share of users | " + " | ".join(f"{mask.mean():.4f}" for _, mask in bins) + " |\n")
+
+    ks = tuple(k for k in (1, 10) if k <= w)
+    hits = prefix_hits(items, target_idx, model.vocab.codes, ks)
+    levels = model.vocab.n_levels
+    print("| prefix hit | " + " | ".join(f"L1..{lv}" for lv in range(1, levels + 1)) + " |\n|---|" + "---|" * levels)
+    for k in ks:
+        print(f"| top-{k} | " + " | ".join(f"{hits[(lv, k)]:.4f}" for lv in range(1, levels + 1)) + " |")
+
+
+if __name__ == "__main__":
+    main()
