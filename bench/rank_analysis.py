@@ -6,7 +6,7 @@ beam search and prints three markdown tables:
 
 - the item-level metrics (the same `ranking_metrics` as training reports; on the CPU in float32 they
   may differ slightly from the GPU's bf16 figures);
-- where the hits fall: rank 1, 2-5, 6-10, 11-20, not in the top W;
+- where the hits fall: rank 1, 2-5, 6-10, 11-W, not in the top W (the beam size);
 - prefix hits: for l = 1..L, the share of users whose top-1 / top-10 items include one sharing the target's
   first l SID codes. Where the level-l column stays high and the level-(l+1) one drops, the model finds the
   right neighbourhood and then ranks the wrong member of it (for the last level: the wrong one of colliding
@@ -99,8 +99,9 @@ def main() -> None:
     print("| " + " | ".join(m) + " |\n|" + "---|" * len(m) + "\n| " + " | ".join(f"{v:.4f}" for v in m.values()) + " |\n")
 
     ranks = target_ranks(ranked, targets)  # 1-based, 0 = not ranked
-    bins = [("1", (ranks == 1)), ("2-5", (ranks >= 2) & (ranks <= 5)), ("6-10", (ranks >= 6) & (ranks <= 10)),
-            ("11-20", (ranks >= 11) & (ranks <= 20)), (f"not in top {w}", ranks == 0)]
+    edges = [e for e in (1, 5, 10) if e < w] + [w]  # bins 1, 2-5, 6-10, 11-W (as far as the beam reaches)
+    bins = [(f"{lo + 1}-{hi}" if hi > lo + 1 else f"{hi}", (ranks > lo) & (ranks <= hi))
+            for lo, hi in zip([0, *edges[:-1]], edges)] + [(f"not in top {w}", ranks == 0)]
     print("| target's rank | " + " | ".join(b for b, _ in bins) + " |\n|---|" + "---|" * len(bins))
     print("| share of users | " + " | ".join(f"{mask.mean():.4f}" for _, mask in bins) + " |\n")
 
