@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from unisid_pipeline.metrics import ranking_metrics, target_ranks  # noqa: E402
-from unisid_pipeline.recommender.evaluate import check_sequences, rank_histories, split_columns  # noqa: E402
+from unisid_pipeline.recommender.evaluate import check_sequences, rank_split, split_columns  # noqa: E402
 from unisid_pipeline.recommender.model import GenerativeRecommender  # noqa: E402
 from unisid_pipeline.seeding import resolve_device  # noqa: E402
 
@@ -73,24 +72,17 @@ def main() -> None:
 
     model = load_checkpoint(args.checkpoint, args.device)
     seqs = pl.read_parquet(args.sequences)
-    hist_col, tgt_col = split_columns(args.split)
-    check_sequences(seqs, (hist_col, tgt_col))
     if args.max_users is not None:
         seqs = seqs.head(args.max_users)
-    targets = seqs[tgt_col].to_numpy().astype(np.int64)
-    try:
-        target_idx = model.vocab.item_index(targets)
+    hist_col, tgt_col = split_columns(args.split)
+    check_sequences(seqs, (hist_col, tgt_col))
+    try:  # before the (slow) ranking: every target needs a SID in the checkpoint's table
+        target_idx = model.vocab.item_index(seqs[tgt_col].to_numpy())
     except KeyError as e:
         raise SystemExit(f"{args.split} targets vs the checkpoint's SID table: {e.args[0]} "
                          "(--sequences must be the data the model was trained on)") from None
     w = args.beam_size or model.config.beam_size
-    history_idx = model.history_matrix(seqs[hist_col].to_list())
-    user_tokens = model.vocab.user_token(seqs["user_id"].to_numpy()) if model.config.use_user_token else None
-    t0 = time.perf_counter()
-    items, _ = rank_histories(model, history_idx, user_tokens, args.batch_size, w)
-    seconds = time.perf_counter() - t0
-    ad_ids = model.vocab.ad_ids
-    ranked = np.where(items >= 0, ad_ids[np.clip(items, 0, None)], -1)
+    items, ranked, targets, seconds = rank_split(model, seqs, args.split, args.batch_size, w)
 
     n = len(targets)
     print(f"{args.checkpoint}: {args.split}, {n} users, beam {w}, {args.device}, {seconds:.0f} s "

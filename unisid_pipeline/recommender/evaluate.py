@@ -70,6 +70,34 @@ def rank_histories(
     return items, scores
 
 
+def rank_split(
+    bundle: GenerativeRecommender,
+    sequences: pl.DataFrame,
+    split: str = "test",
+    batch_size: int | None = None,
+    beam_size: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Rank every user's ``split`` history with the constrained beam search, on the bundle's device.
+
+    Returns item indices (n, W) int64 (rows of the SID table, -1 = none), the same ranking as ad_ids
+    (n, W), the targets' ad_ids (n,) int64 and the beam search's wall seconds.
+    """
+    hist_col, tgt_col = split_columns(split)
+    check_sequences(sequences, (hist_col, tgt_col))
+    w = beam_size or bundle.config.beam_size
+    history_idx = bundle.history_matrix(sequences[hist_col].to_list())
+    targets = sequences[tgt_col].to_numpy().astype(np.int64)
+    user_tokens = bundle.vocab.user_token(sequences["user_id"].to_numpy()) if bundle.config.use_user_token else None
+    if bundle.device.type == "cuda":
+        torch.cuda.synchronize(bundle.device)
+    t0 = time.perf_counter()
+    with cpu_determinism(bundle.device):  # small CPU kernels: one thread beats two oversubscribed ones
+        items, _ = rank_histories(bundle, history_idx, user_tokens, batch_size or bundle.config.eval_batch_size, w)
+    seconds = time.perf_counter() - t0
+    ranked = np.where(items >= 0, bundle.vocab.ad_ids[np.clip(items, 0, None)], -1)
+    return items, ranked, targets, seconds
+
+
 def evaluate_recommender(
     bundle: GenerativeRecommender,
     sequences: pl.DataFrame,
@@ -87,24 +115,13 @@ def evaluate_recommender(
     ``seconds`` (beam search wall time) and ``users_per_s``. A target outside the top W counts as
     a miss, so recall@k with k > beam size is recall within the top W (a warning is logged).
     """
-    hist_col, tgt_col = split_columns(split)
-    check_sequences(sequences, (hist_col, tgt_col))
     if device is not None:
         bundle.to(resolve_device(device))
     w = beam_size or bundle.config.beam_size
     kmax = max([*recall_ks, *ndcg_ks])
     if w < kmax and w < bundle.vocab.n_items:
         logger.warning("beam size %d < k=%d: metrics @k above %d only see the top %d items", w, kmax, w, w)
-    history_idx = bundle.history_matrix(sequences[hist_col].to_list())
-    targets = sequences[tgt_col].to_numpy().astype(np.int64)
-    user_tokens = bundle.vocab.user_token(sequences["user_id"].to_numpy()) if bundle.config.use_user_token else None
-    if bundle.device.type == "cuda":
-        torch.cuda.synchronize(bundle.device)
-    t0 = time.perf_counter()
-    with cpu_determinism(bundle.device):  # small CPU kernels: one thread beats two oversubscribed ones
-        items, _ = rank_histories(bundle, history_idx, user_tokens, batch_size or bundle.config.eval_batch_size, w)
-    seconds = time.perf_counter() - t0
-    ranked = np.where(items >= 0, bundle.vocab.ad_ids[np.clip(items, 0, None)], -1)
+    _, ranked, targets, seconds = rank_split(bundle, sequences, split, batch_size, w)
     out = ranking_metrics(ranked, targets, recall_ks, ndcg_ks)
     out.update(n_users=float(len(targets)), seconds=seconds, users_per_s=len(targets) / max(seconds, 1e-9))
     logger.info("%s metrics: %s", split, {k: round(v, 4) for k, v in out.items()})
