@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -152,9 +153,15 @@ def train(args) -> None:
 def summarize(args) -> None:
     out = Path(args.out)
     rows = []
-    for js in sorted(out.glob("rec_*.json")):
+    for js in sorted(p for folder in (out, *map(Path, args.also)) for p in folder.glob("rec_*.json")):
         d = json.loads(js.read_text())
         method = js.stem.removeprefix("rec_").rsplit("_s", 1)[0]
+        if args.group == "table":  # "rq_vae (sids_rq_vae600std_s0.parquet)" -> rq_vae600std: one row per kind of table
+            table = re.search(r"sids_(.+)_s\d+\.parquet", d.get("sids", ""))
+            if table is None:
+                raise SystemExit(f"{js}: no SID table file named in its 'sids' field ({d.get('sids')!r}); "
+                                 "use --group run for it")
+            method = table.group(1)
         extra = {f"recall@10_beam{b}": m["recall@10"] for b, m in (d.get("test_beams") or {}).items()}
         if d.get("test_fp32"):  # --extra-test-fp32: the same weights decoded without bf16
             extra.update({f"{m}_fp32": d["test_fp32"][m] for m in ("recall@10", "ndcg@10")})
@@ -181,6 +188,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", choices=["tokenize", "train", "summarize", "all"])
     ap.add_argument("--data", default="bench/out/beauty")
+    ap.add_argument("--also", nargs="+", default=[], metavar="DIR",
+                    help="summarize: further folders of rec_*.json pooled with --out's (e.g. two sessions' results)")
+    ap.add_argument("--group", choices=("run", "table"), default="run",
+                    help="summarize: one row per run name (rec_<name>_s<seed>.json), or per kind of SID table "
+                         "(sids_<kind>_s<seed>.parquet), pooling every run on those tables")
     ap.add_argument("--out", default="bench/out/beauty_results")
     ap.add_argument("--embeddings", default="embeddings.parquet")
     ap.add_argument("--methods", nargs="+", default=["rq_vae", "rq_kmeans", "unisid"])

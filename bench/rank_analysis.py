@@ -65,15 +65,20 @@ def main() -> None:
     p.add_argument("--sequences", required=True, help="user_sequences parquet the model was trained on")
     p.add_argument("--split", default="test", choices=("valid", "test"))
     p.add_argument("--beam-size", type=int, default=None, help="default: the checkpoint's config")
-    p.add_argument("--max-users", type=int, default=None, help="the first N users only (for a quick CPU look)")
+    p.add_argument("--max-users", type=int, default=None,
+                   help="a seeded random sample of N users (for a quick CPU look); not the first N: Beauty's first "
+                        "users have longer histories and rarer items (session 13: R@10 0.030 on the first 5,000 "
+                        "against 0.0615 on all 22,363, same model)")
+    p.add_argument("--sample-seed", type=int, default=0, help="seed of the --max-users sample")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
 
     model = load_checkpoint(args.checkpoint, args.device)
     seqs = pl.read_parquet(args.sequences)
-    if args.max_users is not None:
-        seqs = seqs.head(args.max_users)
+    if args.max_users is not None and args.max_users < seqs.height:  # row order kept, as in training's sample
+        keep = np.sort(np.random.default_rng(args.sample_seed).choice(seqs.height, args.max_users, replace=False))
+        seqs = seqs[keep]
     hist_col, tgt_col = split_columns(args.split)
     check_sequences(seqs, (hist_col, tgt_col))
     try:  # before the (slow) ranking: every target needs a SID in the checkpoint's table
