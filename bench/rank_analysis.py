@@ -7,10 +7,11 @@ beam search and prints three markdown tables:
 - the item-level metrics (the same `ranking_metrics` as training reports; on the CPU in float32 they
   may differ slightly from the GPU's bf16 figures);
 - where the hits fall: rank 1, 2-5, 6-10, 11-W, not in the top W (the beam size);
-- prefix hits: for l = 1..L, the share of users whose top-1 / top-10 items include one sharing the target's
-  first l SID codes. Where the level-l column stays high and the level-(l+1) one drops, the model finds the
-  right neighbourhood and then ranks the wrong member of it (for the last level: the wrong one of colliding
-  items).
+- prefix hits: for l = 1..L, the share of users whose top-1 / top-5 / top-10 items include one sharing the
+  target's first l SID codes, and the NDCG@10 the ranking would have if the first such item counted as the hit
+  (at l = L it is the item's own NDCG@10). Where the level-l column stays high and the level-(l+1) one drops,
+  the model finds the right neighbourhood and then ranks the wrong member of it (for the last level: the wrong
+  one of colliding items); the L-1 column bounds what a perfect collision token would buy.
 
     python bench/rank_analysis.py --checkpoint model.pt --sequences bench/out/beauty/sequences.parquet \
         --split test --max-users 4000 --device cpu
@@ -43,20 +44,28 @@ def load_checkpoint(path: str, device: str) -> GenerativeRecommender:
     return model.to(resolve_device(device))
 
 
-def prefix_hits(ranked_idx: np.ndarray, target_idx: np.ndarray, codes: np.ndarray, ks: tuple[int, ...]) -> dict:
-    """{(level, k): share of rows whose top-k items include one with the target's first `level` codes}.
+def prefix_ranks(ranked_idx: np.ndarray, target_idx: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """(n, L) 1-based rank of the first ranked item sharing the target's first l codes (column l-1); 0 = none.
 
     ranked_idx: (n, W) item indices (-1 = none); target_idx: (n,) item indices; codes: (n_items, L).
     """
     valid = ranked_idx >= 0
     ranked_codes = codes[np.clip(ranked_idx, 0, None)]  # (n, W, L)
     same = ranked_codes == codes[target_idx][:, None, :]  # (n, W, L)
-    out = {}
+    out = np.zeros((len(ranked_idx), codes.shape[1]), dtype=np.int64)
     for level in range(1, codes.shape[1] + 1):
         match = same[:, :, :level].all(axis=2) & valid  # (n, W)
-        for k in ks:
-            out[(level, k)] = float(match[:, :k].any(axis=1).mean())
+        out[:, level - 1] = np.where(match.any(axis=1), match.argmax(axis=1) + 1, 0)
     return out
+
+
+def prefix_table(ranks: np.ndarray, ks: tuple[int, ...]) -> dict[str, list[float]]:
+    """Per level: the share of rows with a prefix match in the top k, and NDCG@10 counting the first match as the hit."""
+    hit = ranks > 0
+    rows = {f"top-{k}": [float((hit[:, lv] & (ranks[:, lv] <= k)).mean()) for lv in range(ranks.shape[1])] for k in ks}
+    gain = np.where(hit & (ranks <= 10), 1.0 / np.log2(np.maximum(ranks, 1) + 1), 0.0)
+    rows["NDCG@10"] = [float(g) for g in gain.mean(axis=0)]
+    return rows
 
 
 def main() -> None:
@@ -102,12 +111,12 @@ def main() -> None:
     print("| target's rank | " + " | ".join(b for b, _ in bins) + " |\n|---|" + "---|" * len(bins))
     print("| share of users | " + " | ".join(f"{mask.mean():.4f}" for _, mask in bins) + " |\n")
 
-    ks = tuple(k for k in (1, 10) if k <= w)
-    hits = prefix_hits(items, target_idx, model.vocab.codes, ks)
+    ks = tuple(k for k in (1, 5, 10) if k <= w)
+    table = prefix_table(prefix_ranks(items, target_idx, model.vocab.codes), ks)
     levels = model.vocab.n_levels
     print("| prefix hit | " + " | ".join(f"L1..{lv}" for lv in range(1, levels + 1)) + " |\n|---|" + "---|" * levels)
-    for k in ks:
-        print(f"| top-{k} | " + " | ".join(f"{hits[(lv, k)]:.4f}" for lv in range(1, levels + 1)) + " |")
+    for name, vals in table.items():
+        print(f"| {name} | " + " | ".join(f"{v:.4f}" for v in vals) + " |")
 
 
 if __name__ == "__main__":
