@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from unisid_pipeline.metrics import ranking_metrics, target_ranks  # noqa: E402
+from unisid_pipeline.metrics import dedupe_rankings, ranking_metrics, target_ranks  # noqa: E402
 from unisid_pipeline.recommender.evaluate import check_sequences, rank_split, split_columns  # noqa: E402
 from unisid_pipeline.recommender.model import GenerativeRecommender  # noqa: E402
 from unisid_pipeline.seeding import resolve_device  # noqa: E402
@@ -47,8 +47,10 @@ def load_checkpoint(path: str, device: str) -> GenerativeRecommender:
 def prefix_ranks(ranked_idx: np.ndarray, target_idx: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """(n, L) 1-based rank of the first ranked item sharing the target's first l codes (column l-1); 0 = none.
 
-    ranked_idx: (n, W) item indices (-1 = none); target_idx: (n,) item indices; codes: (n_items, L).
+    ranked_idx: (n, W) item indices (-1 = none); target_idx: (n,) item indices; codes: (n_items, L). Repeats and
+    empty slots are dropped first and the gaps closed, as the item metrics do (`dedupe_rankings`).
     """
+    ranked_idx = dedupe_rankings(ranked_idx)
     valid = ranked_idx >= 0
     ranked_codes = codes[np.clip(ranked_idx, 0, None)]  # (n, W, L)
     same = ranked_codes == codes[target_idx][:, None, :]  # (n, W, L)
