@@ -6,6 +6,7 @@ Used by the Dagster IO manager and directly by notebooks, benchmarks and tests.
 from __future__ import annotations
 
 import contextlib
+import os
 import pickle
 import re
 import time
@@ -41,16 +42,42 @@ def table_name(parts: list[str] | tuple[str, ...]) -> str:
     return name
 
 
+def create_database(path: Path) -> None:
+    """Create an empty DuckDB file at `path`, whole or not at all.
+
+    DuckDB writes a new file's headers in several writes; a process killed between them leaves a file that no
+    connection can open again (seen once in a fresh-clone test run, 2026-12-03: "Could not read enough bytes ...
+    from location 8192"). So the file is made at `<name>.tmp<pid>` and hard-linked into place; the link fails,
+    keeping the other one, when another process created `path` meanwhile. Temp files of killed processes are
+    removed first.
+    """
+    path = Path(path)
+    remove_dead_temps(path)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        duckdb.connect(str(tmp)).close()  # closing checkpoints: the file is complete, no .wal beside it
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def open_connection(path: Path, read_only: bool = False,
                     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> duckdb.DuckDBPyConnection:
-    """Open a DuckDB file, retrying while another process holds its lock, then raising WarehouseLockedError
-    naming the holder (program and PID, as DuckDB reports it)."""
+    """Open a DuckDB file (created first, atomically, when it does not exist: `create_database`), retrying while
+    another process holds its lock, then raising WarehouseLockedError naming the holder (program and PID, as
+    DuckDB reports it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        create_database(path)
     deadline = time.monotonic() + lock_timeout_s
     while True:
         try:
-            con = duckdb.connect(str(path), read_only=read_only and path.exists())
+            con = duckdb.connect(str(path), read_only=read_only)
             break
         except duckdb.IOException as exc:
             msg = str(exc)

@@ -53,6 +53,10 @@ class Child:
     def kill9(self) -> None:
         os.kill(self.proc.pid, signal.SIGKILL)
         assert self.proc.wait(timeout=30) == -signal.SIGKILL
+        self.reap()
+
+    def reap(self) -> None:
+        """After the child died of SIGKILL (ours or its own): stop the watchdog, close the pipes."""
         self._watchdog.cancel()
         self.proc.stdout.close()
         self.proc.stderr.close()
@@ -235,6 +239,37 @@ def test_kill9_during_warehouse_write_leaves_the_old_table_or_the_new_never_half
     assert v in (1, 2) and t.height == 200_000 + v  # a whole version, never a mix or a prefix
     assert (t["v"] == v).all() and t["i"].to_list() == list(range(t.height))
     assert (t["s"] == t["i"].cast(pl.Utf8) + f"-{v}").all()
+
+
+WAREHOUSE_CREATE_CHILD = """
+import os, signal
+import duckdb, polars as pl
+from unisid_pipeline import warehouse
+
+real_connect = duckdb.connect
+def dying_connect(database, *args, **kwargs):  # SIGKILL while DuckDB writes a new file's headers
+    if not os.path.exists(database):
+        with open(database, "wb") as fh:
+            fh.write(bytes(8192))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_connect(database, *args, **kwargs)
+
+duckdb.connect = dying_connect
+warehouse.write_table({db!r}, "t", pl.DataFrame({{"i": [1]}}))
+"""
+
+
+def test_kill9_while_the_warehouse_file_is_created_leaves_no_unopenable_file(tmp_path):
+    """A process killed while DuckDB creates the file must not leave a half-made file under the warehouse's name:
+    every later open would fail on it."""
+    db = tmp_path / "warehouse.duckdb"
+    child = Child(WAREHOUSE_CREATE_CHILD.format(db=str(db)))
+    assert child.proc.wait(timeout=60) == -signal.SIGKILL
+    child.reap()
+    assert not warehouse.has_table(db, "t")
+    warehouse.write_table(db, "t", pl.DataFrame({"i": [7]}))
+    assert warehouse.read_table(db, "t")["i"].to_list() == [7]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["warehouse.duckdb"]  # the dead child's temp is gone
 
 
 # ----------------------------------------------------------------------------- MLflow model artifacts
