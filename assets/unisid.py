@@ -22,7 +22,7 @@ from unisid_pipeline.artifacts import TrainedTokenizer, array_fingerprint
 from unisid_pipeline.embeddings import embeddings_to_frame
 from unisid_pipeline.cli.common import HISTORY_FILE, MODEL_FILE
 from unisid_pipeline.unisid import UniSIDModel, UniSIDTrainConfig, train_unisid
-from unisid_pipeline.unisid.tables import aligned_inputs
+from unisid_pipeline.unisid.tables import aligned_inputs, sequence_inputs
 
 _TC = mirror(UniSIDTrainConfig)
 UniSIDRun = pydantic.create_model(
@@ -52,13 +52,16 @@ def _log_epoch(run, row: dict) -> None:
 
 def _train_with_pipes(context: AssetExecutionContext, config: Config, core: UniSIDTrainConfig,
                       client: PipesSubprocessClient, work: Path, ckpt_dir: Path, raw_ads: pl.DataFrame,
-                      ad_summaries: pl.DataFrame, labels: pl.DataFrame) -> tuple[UniSIDModel, dict, dict[str, Any]]:
+                      ad_summaries: pl.DataFrame, labels: pl.DataFrame,
+                      user_sequences: pl.DataFrame) -> tuple[UniSIDModel, dict, dict[str, Any]]:
     """Train in `torchrun -m unisid_pipeline.cli.train_unisid` (config.nproc processes) through Dagster Pipes;
     load the model and history it wrote. Returns (model, history, the metadata the child reported)."""
     fresh_dir(work)
     out = work / "out"
-    paths = {"ads": work / "ads.parquet", "labels": work / "labels.parquet", "summaries": work / "summaries.parquet"}
+    paths = {"ads": work / "ads.parquet", "labels": work / "labels.parquet", "summaries": work / "summaries.parquet",
+             "sequences": work / "sequences.parquet"}
     raw_ads.write_parquet(paths["ads"])
+    user_sequences.write_parquet(paths["sequences"])
     labels.write_parquet(paths["labels"])
     ad_summaries.select("ad_id", "summary").write_parquet(paths["summaries"])
     run_json = work / "run.json"
@@ -76,9 +79,11 @@ def _train_with_pipes(context: AssetExecutionContext, config: Config, core: UniS
 @asset(group_name=GROUP, kinds={"torch", "mlflow"}, owners=["team:tokenizers"], tags={"stage": "tokenizers"})
 def unisid_model(context: AssetExecutionContext, config: UniSIDRun, mlflow: MlflowTracking, project_home: ProjectHome,
                  pipes_subprocess_client: PipesSubprocessClient, raw_ads: pl.DataFrame, ad_summaries: pl.DataFrame,
-                 ad_hierarchy_labels: pl.DataFrame) -> Output[TrainedTokenizer]:
+                 ad_hierarchy_labels: pl.DataFrame, user_sequences: pl.DataFrame) -> Output[TrainedTokenizer]:
     """UniSID trained end-to-end from the raw ads: L_sid (multi-granularity SupCon on the per-level SID logits,
-    positives share the category path to that depth) + L_emb (InfoNCE) + λ·L_rec (summary reconstruction).
+    positives share the category path to that depth) + L_emb (InfoNCE; positives: the ad's co-interacted ads
+    in the training clicks, or its second view) + λ·L_rec (summary reconstruction). The SID is the heads' argmax
+    or the residual quantizer fitted on UniSID's own embedding (`model.sid_source`).
 
     Checkpoints every `checkpoint_every` steps under <home>/checkpoints/unisid/<recipe>; a killed run resumes.
     launcher='pipes_subprocess' trains in an external torchrun job (nproc processes, DDP) through Dagster Pipes,
@@ -88,11 +93,14 @@ def unisid_model(context: AssetExecutionContext, config: UniSIDRun, mlflow: Mlfl
     world = config.nproc if config.launcher == "pipes_subprocess" else 1
     core = to_core(config.train, UniSIDTrainConfig)
     summaries, level_labels = aligned_inputs(raw_ads, ad_summaries, ad_hierarchy_labels)
+    partners, retrieval_pairs = sequence_inputs(raw_ads, user_sequences, seed=config.seed)
+    uses_pairs = core.emb_positives == "co_interaction"
     # the launcher does not change the model; the world size does (each step takes world micro-batches)
     recipe = {**{k: v for k, v in config.model_dump().items() if k not in ("device", "register_model", "launcher", "nproc")},
               **({"world_size": world} if world > 1 else {}),
               "data": array_fingerprint(raw_ads["ad_id"].to_numpy(), level_labels),
-              "summaries": hashlib.sha256("\x1f".join(summaries).encode()).hexdigest()}
+              "summaries": hashlib.sha256("\x1f".join(summaries).encode()).hexdigest(),
+              **({"partners": array_fingerprint(partners.offsets, partners.values)} if uses_pairs else {})}
     recipe_id = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
     ckpt_dir = project_home.sub("checkpoints", "unisid", recipe_id)
     params = {"train": core.to_dict() if hasattr(core, "to_dict") else config.train.model_dump(), "seed": config.seed,
@@ -121,7 +129,7 @@ def unisid_model(context: AssetExecutionContext, config: UniSIDRun, mlflow: Mlfl
         if config.launcher == "pipes_subprocess":
             model, history, pipes_meta = _train_with_pipes(
                 context, config, core, pipes_subprocess_client, project_home.sub("pipes", "unisid", context.run_id),
-                ckpt_dir, raw_ads, ad_summaries, ad_hierarchy_labels)
+                ckpt_dir, raw_ads, ad_summaries, ad_hierarchy_labels, user_sequences)
             for row in history["step"]:
                 _log_step(run, row)
             for row in history["epoch"]:
@@ -129,7 +137,7 @@ def unisid_model(context: AssetExecutionContext, config: UniSIDRun, mlflow: Mlfl
         else:
             model, history = train_unisid(core, raw_ads, summaries, level_labels, seed=config.seed,
                                           device=config.device, checkpoint_dir=ckpt_dir, on_step=on_step,
-                                          on_epoch=on_epoch)
+                                          on_epoch=on_epoch, partners=partners, retrieval_pairs=retrieval_pairs)
         train_s = time.perf_counter() - t0
         codes, emb, last_logits = model.encode(raw_ads, batch_size=config.encode_batch_size, device=config.device)
         steps = history["step"]

@@ -84,15 +84,31 @@ def tokenize(args) -> None:
 
                 summaries = ads.select("ad_id").join(pl.read_parquet(data / args.summaries).select("ad_id", "summary"), on="ad_id", how="left")
                 lab = ads.select("ad_id").join(labels, on="ad_id", how="left")
-                cfg = UniSIDTrainConfig(model=UniSIDConfig(backbone=str(Path(args.backbone).resolve()), use_image=False),
+                from unisid_pipeline.unisid.tables import sequence_inputs
+
+                cfg = UniSIDTrainConfig(model=UniSIDConfig(backbone=str(Path(args.backbone).resolve()), use_image=False,
+                                                           sid_source=args.unisid_sid_source),
                                         epochs=args.unisid_epochs, batch_size=args.unisid_batch_size,
-                                        rec_decoder=args.unisid_rec_decoder, checkpoint_every=0)
+                                        rec_decoder=args.unisid_rec_decoder, checkpoint_every=0,
+                                        emb_positives=args.unisid_emb_positives,
+                                        **({} if args.unisid_lr_backbone is None else {"lr_backbone": args.unisid_lr_backbone}))
+                ad_ids_u = ads["ad_id"].to_numpy()
+                partners, vpairs = sequence_inputs(ads, seqs)
+                epochs_log = []
+
+                def on_epoch(r, seed=seed):
+                    epochs_log.append(r)
+                    log(f"unisid seed {seed} epoch {r['epoch']}: " + ", ".join(f"{k} {v:.4f}" for k, v in r.items() if isinstance(v, float)))
+
                 model, hist = train_unisid(cfg, ads, summaries["summary"].to_list(),
                                            encode_level_labels(lab.select("level_1", "level_2", "level_3")),
-                                           seed=seed, device=args.device,
-                                           on_epoch=lambda r: log(f"unisid seed {seed} epoch {r['epoch']}: loss {r['loss']:.4f}"))
-                codes, _, logits = model.encode(ads, batch_size=256, device=args.device)
-                ids, raw, cost = ads["ad_id"].to_numpy(), codes, -logits
+                                           seed=seed, device=args.device, on_epoch=on_epoch,
+                                           partners=partners, retrieval_pairs=vpairs)
+                codes, emb_u, logits = model.encode(ads, batch_size=256, device=args.device)
+                ids, raw, cost = ad_ids_u, codes, -logits
+                pl.DataFrame({"ad_id": ad_ids_u, "embedding": emb_u.astype(np.float16)}).write_parquet(
+                    out / f"emb_{method}_s{seed}.parquet")
+                (out / f"history_{method}_s{seed}.json").write_text(json.dumps({"epoch": epochs_log, "config": cfg.to_dict()}, default=str))
             else:
                 raise ValueError(f"unknown method {method}")
             table, info = build_sid_table(ids, raw, method=method, model_version=f"{method}-s{seed}", resolution="suffix",
@@ -211,6 +227,10 @@ def main() -> None:
     ap.add_argument("--unisid-epochs", type=int, default=3)
     ap.add_argument("--unisid-batch-size", type=int, default=128)
     ap.add_argument("--unisid-rec-decoder", default="tiny", help="tiny | smollm2 (frozen) | a local causal LM folder")
+    ap.add_argument("--unisid-sid-source", default="head", choices=("head", "embedding_rq"), help="UniSIDConfig.sid_source")
+    ap.add_argument("--unisid-emb-positives", default="view", choices=("view", "co_interaction"),
+                    help="UniSIDTrainConfig.emb_positives")
+    ap.add_argument("--unisid-lr-backbone", type=float, default=None, help="UniSIDTrainConfig.lr_backbone (default 4e-5)")
     ap.add_argument("--branching", nargs=3, type=int, default=None,
                     help="re-derive the 3-level hierarchy from the embeddings with this branching (default: labels.parquet)")
     ap.add_argument("--summaries", default="summaries.parquet", help="L_rec targets in --data (ad_id, summary)")

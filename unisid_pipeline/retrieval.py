@@ -1,7 +1,9 @@
 """Ad-to-ad embedding retrieval, as in the UniSID paper: 1 positive among 999 sampled negatives.
 
-Query/positive pairs are consecutive clicks of one user in the training part of the sequences
-(train_items[t] -> train_items[t+1], different ads). Each query's positive is ranked by cosine
+Query/positive pairs are consecutive clicks of one user: `heldout_pairs` (the last history ad ->
+the validation or test target; what an embedding trained on training clicks has never seen, so the
+only fair pairs for UniSID with co-interaction positives) or `click_pairs` (consecutive training
+clicks, train_items[t] -> train_items[t+1]). Each query's positive is ranked by cosine
 similarity against `n_negatives` ads drawn uniformly from the catalog (never the query or the
 positive). Recall@k = share of queries whose positive ranks in the top k of the 1 + n_negatives.
 """
@@ -24,6 +26,19 @@ def click_pairs(sequences: pl.DataFrame, max_pairs: int, seed: int) -> np.ndarra
     )
     arr = pairs.select("a", "b").to_numpy().astype(np.int64)
     if len(arr) > max_pairs:
+        arr = arr[np.sort(np.random.default_rng(seed).choice(len(arr), max_pairs, replace=False))]
+    return arr
+
+
+def heldout_pairs(sequences: pl.DataFrame, split: str = "test", max_pairs: int | None = None, seed: int = 0) -> np.ndarray:
+    """(m, 2) ad_id pairs (last history ad, target) of the `split` ("valid" or "test") with distinct ads,
+    at most `max_pairs` (a seeded sample, in user order)."""
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+    pairs = (sequences.select(pl.col(f"{split}_history").list.last().alias("a"), pl.col(f"{split}_target").alias("b"))
+             .drop_nulls().filter(pl.col("a") != pl.col("b")))
+    arr = pairs.to_numpy().astype(np.int64).reshape(-1, 2)
+    if max_pairs is not None and len(arr) > max_pairs:
         arr = arr[np.sort(np.random.default_rng(seed).choice(len(arr), max_pairs, replace=False))]
     return arr
 
@@ -54,8 +69,11 @@ def retrieval_recall(
     lo, hi = np.minimum(q, p)[:, None], np.maximum(q, p)[:, None]
     neg = neg + (neg >= lo) + ((neg + (neg >= lo)) >= hi)
     pos_score = np.einsum("ij,ij->i", x[q], x[p])
-    neg_score = np.einsum("ij,ikj->ik", x[q], x[neg])
-    rank = (neg_score >= pos_score[:, None]).sum(axis=1)  # 0 = positive first
+    rank = np.empty(len(q), dtype=np.int64)  # 0 = positive first
+    step = max(1, (1 << 26) // max(1, n_negatives * x.shape[1]))  # ~256 MB of gathered negatives per chunk
+    for s in range(0, len(q), step):
+        neg_score = np.einsum("ij,ikj->ik", x[q[s:s + step]], x[neg[s:s + step]])
+        rank[s:s + step] = (neg_score >= pos_score[s:s + step, None]).sum(axis=1)
     out = {f"recall@{k}": float((rank < k).mean()) for k in ks}
     out["n_queries"] = float(len(q))
     return out

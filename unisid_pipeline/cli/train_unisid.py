@@ -6,7 +6,8 @@
 
 run.json: {"train": UniSIDTrainConfig.to_dict(), "seed": 0, "device": "cpu", "checkpoint_dir": null}.
 --ads: the raw_ads schema; --labels: ad_id, level_1, level_2, level_3 (strings, null = unknown);
---summaries: ad_id, summary (needed for rec_target='summary').
+--summaries: ad_id, summary (needed for rec_target='summary'); --sequences: the user_sequences table
+(needed for emb_positives='co_interaction').
 Rank 0 writes DIR/model.pt (UniSIDModel.to_checkpoint()), DIR/history.json ({"step": [...],
 "epoch": [...]}) and DIR/summary.json (world size, seconds, losses, each rank's weight sha256).
 """
@@ -22,7 +23,7 @@ from unisid_pipeline.cli.common import (
 from unisid_pipeline.distributed import DistContext
 from unisid_pipeline.seeding import cpu_determinism, resolve_device
 from unisid_pipeline.unisid import UniSIDTrainConfig, train_unisid
-from unisid_pipeline.unisid.tables import aligned_inputs
+from unisid_pipeline.unisid.tables import aligned_inputs, sequence_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ads", required=True, help="raw_ads parquet")
     p.add_argument("--labels", required=True, help="ad_hierarchy_labels parquet (ad_id, level_1..level_3)")
     p.add_argument("--summaries", default=None, help="ad_summaries parquet (ad_id, summary)")
+    p.add_argument("--sequences", default=None, help="user_sequences parquet (needed for emb_positives='co_interaction')")
     args = p.parse_args(argv)
     cfg = read_config(args.config, ("train",))
     train = UniSIDTrainConfig.from_dict(cfg["train"])
@@ -39,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     ads = read_parquet(args.ads, "--ads")
     summaries, level_labels = aligned_inputs(ads, read_parquet(args.summaries, "--summaries"),
                                              read_parquet(args.labels, "--labels"))
+    partners, retrieval_pairs = sequence_inputs(ads, read_parquet(args.sequences, "--sequences"))
     ctx = DistContext.from_env(resolve_device(device))
     with reporter(ctx.is_main) as rep, cpu_determinism(ctx.device):
         due = every(10.0)
@@ -55,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 
         t0 = time.perf_counter()
         model, history = train_unisid(train, ads, summaries, level_labels, seed=seed, device=device,
-                                      checkpoint_dir=cfg.get("checkpoint_dir"), on_step=on_step, on_epoch=on_epoch)
+                                      checkpoint_dir=cfg.get("checkpoint_dir"), on_step=on_step, on_epoch=on_epoch,
+                                      partners=partners, retrieval_pairs=retrieval_pairs)
         seconds = time.perf_counter() - t0
         replicas = ctx.replica_fingerprints(model)
         if len(set(replicas)) != 1:

@@ -11,6 +11,8 @@ INSTRUCTION = "Represent this ad for semantic ID generation:"
 
 BACKBONE_ALIASES = ("tiny", "minilm")
 REC_DECODER_ALIASES = ("auto", "tiny", "smollm2")
+SID_SOURCES = ("head", "embedding_rq")
+EMB_POSITIVES = ("view", "co_interaction")
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -38,6 +40,12 @@ class UniSIDConfig:
         into n_image_tokens backbone-width vectors; image_dim=0 means no image input
         (train_unisid fills image_dim from the data when use_image is True).
     attn_implementation: fixed so that a model rebuilt from a checkpoint runs the same kernels.
+    sid_source: where the SID comes from. "head" (the paper): per level, the argmax of the SID head's
+        logits. "embedding_rq" (ours): residual k-means (3 x K, as RQ-KMeans) fitted on UniSID's own
+        learned embedding at the end of training and stored inside the model, so one forward pass still
+        gives the SID and the embedding; measured on Beauty, the head's parallel argmax collapses level 1
+        and collides on ~half the ads (BENCHMARKS.md). The SID heads still train (L_sid shapes the shared
+        backbone) and their codes stay available as `encode_heads`.
     """
 
     backbone: str = "minilm"
@@ -52,8 +60,10 @@ class UniSIDConfig:
     image_dim: int = 0
     n_image_tokens: int = 1
     attn_implementation: str = "sdpa"
+    sid_source: str = "head"
 
     def __post_init__(self) -> None:
+        _check(self.sid_source in SID_SOURCES, f"sid_source must be one of {SID_SOURCES}")
         _check(isinstance(self.backbone, str) and bool(self.backbone),
                "backbone must be 'minilm', 'tiny' or a path to a local Hugging Face model folder")
         _check(self.n_levels >= 1, "n_levels must be >= 1")
@@ -101,7 +111,11 @@ class UniSIDTrainConfig:
       sid_temperature 0.1 (ours; SupCon used 0.07-0.1). sid_space: "logits" = cosine of the logit
       vectors (the paper), "probs" = cosine of their softmax (ours; ties the argmax to the geometry).
     - L_emb (use_emb): InfoNCE (NT-Xent, both views as anchors) on the L2-normalised embedding,
-      emb_temperature 0.05 (ours; SimCSE's value for sentence embeddings).
+      emb_temperature 0.05 (ours; SimCSE's value for sentence embeddings). emb_positives: "view" (the
+      paper's reading: the ad's second view) or "co_interaction" (ours): the positive is an ad the same
+      user clicked right before or after it in the training split (`unisid.pairs`; ads with none keep
+      their second view), so the embedding, and the SIDs quantized from it, learn which ads follow each
+      other. Needs the user sequences; L_sid's positives then also span both ads of a pair.
     - L_rec (use_rec): the L SID + 1 embedding hidden states, projected into the input-embedding
       space of a decoder LM, must regenerate rec_target ("summary": the LLM summary;
       "attributes": a raw attribute string). rec_decoder: "auto" (default: "smollm2" when training on
@@ -161,6 +175,7 @@ class UniSIDTrainConfig:
     sid_temperature: float = 0.1
     sid_space: str = "logits"
     emb_temperature: float = 0.05
+    emb_positives: str = "view"
     # views
     token_drop_prob: float = 0.1
     shuffle_attributes: bool = True
@@ -192,6 +207,7 @@ class UniSIDTrainConfig:
         _check(self.sid_temperature > 0, "sid_temperature must be > 0")
         _check(self.sid_space in ("logits", "probs"), "sid_space must be 'logits' (paper) or 'probs'")
         _check(self.emb_temperature > 0, "emb_temperature must be > 0")
+        _check(self.emb_positives in EMB_POSITIVES, f"emb_positives must be one of {EMB_POSITIVES}")
         _check(0 <= self.token_drop_prob < 1, "token_drop_prob must be in [0, 1)")
         _check(self.checkpoint_every >= 0, "checkpoint_every must be >= 0 (0 = only at the end)")
         _check(self.code_stats_sample >= 0, "code_stats_sample must be >= 0 (0 = no per-epoch code stats)")

@@ -70,6 +70,21 @@ def two_view_labels(labels: torch.Tensor) -> torch.Tensor:
     return torch.cat([lab, lab])
 
 
+def pair_labels(labels: torch.Tensor, partner_labels: torch.Tensor, same_ad: torch.Tensor) -> torch.Tensor:
+    """Labels of the stacked rows [anchors (B); partners (B)] when the second half holds other ads.
+
+    labels / partner_labels: (B,) (-1 = unknown); same_ad: (B,) bool, the partner is the anchor itself
+    (its second view). Unknown labels become per-row ids, shared by an anchor and its own second view, so
+    such a row's only positive is its own other view. `two_view_labels(x)` is `pair_labels(x, x, all True)`.
+    """
+    b = labels.shape[0]
+    ar = torch.arange(b, device=labels.device)
+    first = torch.where(labels < 0, -(ar + 1), labels)
+    own = -(ar + 1)
+    second = torch.where(partner_labels < 0, torch.where(same_ad, own, -(b + ar + 1)), partner_labels)
+    return torch.cat([first, second])
+
+
 def sid_features(level_logits: torch.Tensor, space: str = "logits") -> torch.Tensor:
     """(N, K) level logits -> (N, K) L2-normalised vectors whose cosine the SID losses use.
 
@@ -89,12 +104,15 @@ def multi_granularity_sid_loss(sid_logits: torch.Tensor, level_labels: torch.Ten
                                temperature: float, space: str = "logits") -> torch.Tensor:
     """Mean over levels of SupCon on L2-normalised level logits (see `sid_features`).
 
-    sid_logits: (2B, L, K) two stacked views; level_labels: (B, L) int64 category ids per depth.
+    sid_logits: (2B, L, K) two stacked views; level_labels: (B, L) int64 category ids per depth, or
+    (2B, L) row labels already stacked (`pair_labels`, when the second half holds partner ads).
     Positives at level l: the other view and every in-batch ad with the same level-l label.
     """
     n_levels = sid_logits.shape[1]
+    stacked = level_labels.shape[0] == sid_logits.shape[0]
     losses = [
-        supcon_loss(sid_features(sid_logits[:, i], space), two_view_labels(level_labels[:, i]), temperature)
+        supcon_loss(sid_features(sid_logits[:, i], space),
+                    level_labels[:, i] if stacked else two_view_labels(level_labels[:, i]), temperature)
         for i in range(n_levels)
     ]
     return torch.stack(losses).mean()
@@ -121,6 +139,22 @@ def embedding_infonce_loss(embeddings: torch.Tensor, temperature: float) -> torc
     return supcon_loss(embeddings.float(), instance_labels(embeddings.shape[0] // 2, embeddings.device), temperature)
 
 
+def pair_infonce_loss(embeddings: torch.Tensor, row_keys: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE on (2B, D) L2-normalised rows [anchors; partners]: row i's positive is row (i + B) mod 2B.
+
+    row_keys: (2B,) the ad behind each row; other rows of the same ad as the anchor (an ad drawn twice in
+    one batch) are left out of the denominator, so an ad is never its own negative.
+    """
+    n = embeddings.shape[0]
+    b = n // 2
+    sim = embeddings.float() @ embeddings.float().T / temperature
+    ar = torch.arange(n, device=embeddings.device)
+    target = (ar + b) % n
+    drop = row_keys.unsqueeze(0) == row_keys.unsqueeze(1)  # includes the diagonal
+    drop[ar, target] = False
+    return F.cross_entropy(sim.masked_fill(drop, float("-inf")), target)
+
+
 def code_balance_loss(sid_logits: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
     """Mean over levels of (mean_i H(q_i) - H(mean_i q_i)) / log K, in [-1, 0].
 
@@ -142,7 +176,8 @@ def code_balance_loss(sid_logits: torch.Tensor, temperature: float | None = None
 def code_consistency_loss(sid_logits: torch.Tensor, level_labels: torch.Tensor, temperature: float) -> torch.Tensor:
     """Mean over levels of CE(normalize(z_i) / temperature, argmax of the mean normalised logits of i's positives).
 
-    sid_logits: (2B, L, K) two stacked views; level_labels: (B, L) (-1 unknown). The positives are
+    sid_logits: (2B, L, K) two stacked views; level_labels: (B, L) (-1 unknown), or (2B, L) stacked row
+    labels (`pair_labels`). The positives are
     those of L_sid (same label, own other view, itself); the target code is taken without gradient,
     from the positives' mean minus the batch mean (when the batch holds >= 2 labels at that level).
     It makes every level-l category agree on one peaked argmax code: the cosine losses alone are
@@ -152,7 +187,7 @@ def code_consistency_loss(sid_logits: torch.Tensor, level_labels: torch.Tensor, 
     losses = []
     for i in range(sid_logits.shape[1]):
         zn = F.normalize(sid_logits[:, i].float(), dim=-1)  # (N, K)
-        lab = two_view_labels(level_labels[:, i])
+        lab = level_labels[:, i] if level_labels.shape[0] == sid_logits.shape[0] else two_view_labels(level_labels[:, i])
         pos = (lab.unsqueeze(0) == lab.unsqueeze(1)).to(zn.dtype)  # (N, N), diagonal included
         # Remove the batch's common direction, which would otherwise hand every category one code
         # (seen: all ads on a single code); not when the batch holds a single category.
@@ -289,9 +324,14 @@ class UniSIDObjective(nn.Module):
             )
 
     def forward(self, model: UniSIDModel, views: AdBatch, level_labels: torch.Tensor,
-                rec_ids: torch.Tensor | None = None, rec_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                rec_ids: torch.Tensor | None = None, rec_mask: torch.Tensor | None = None,
+                partner_labels: torch.Tensor | None = None, row_keys: torch.Tensor | None = None,
+                ) -> dict[str, torch.Tensor]:
         """views: 2B rows (view 1 then view 2 of the same B ads); level_labels (B, L) int64 (-1 unknown);
-        rec_ids/rec_mask (B, T) targets of the B ads (needed when reconstruction is on)."""
+        rec_ids/rec_mask (B, T) targets of the B ads (needed when reconstruction is on).
+
+        Co-interaction pairs (emb_positives="co_interaction"): the second half of `views` holds each anchor's
+        partner ad; partner_labels (B, L) are their labels and row_keys (2B,) the ad behind every row."""
         c = self.config
         out = model(views)  # under the caller's autocast, if any
         b = level_labels.shape[0]
@@ -302,6 +342,12 @@ class UniSIDObjective(nn.Module):
         comps: dict[str, torch.Tensor] = {}
         total = torch.zeros((), dtype=torch.float32, device=dev)
         logits = out.sid_logits.float()
+        if partner_labels is not None:
+            if row_keys is None:
+                raise ValueError("partner rows need row_keys (the ad behind every row)")
+            same = row_keys[:b] == row_keys[b:]
+            level_labels = torch.stack([pair_labels(level_labels[:, i], partner_labels[:, i], same)
+                                        for i in range(level_labels.shape[1])], dim=1)  # (2B, L)
         # similarities / temperature need fp32: bf16 keeps ~3 digits, too few for contrastive logits
         with torch.autocast(device_type=dev.type, enabled=False):
             if c.use_sid and c.w_sid > 0:
@@ -311,7 +357,8 @@ class UniSIDObjective(nn.Module):
                     comps["loss_sid"] = plain_infonce_sid_loss(logits, c.sid_temperature, c.sid_space)
                 total = total + c.w_sid * comps["loss_sid"]
             if c.use_emb and c.w_emb > 0:
-                comps["loss_emb"] = embedding_infonce_loss(out.embedding.float(), c.emb_temperature)
+                comps["loss_emb"] = (embedding_infonce_loss(out.embedding.float(), c.emb_temperature) if row_keys is None
+                                     else pair_infonce_loss(out.embedding.float(), row_keys, c.emb_temperature))
                 total = total + c.w_emb * comps["loss_emb"]
             if c.balance_weight > 0:
                 comps["loss_bal"] = code_balance_loss(logits, c.sid_temperature)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unisid_pipeline.models.rq import RQKMeansConfig, RQKMeansTokenizer, fit_rq_kmeans
 from unisid_pipeline.seeding import resolve_device
 from unisid_pipeline.unisid.config import UniSIDConfig
 from unisid_pipeline.unisid.inputs import AdBatch, AdInputBuilder, build_tiny_tokenizer, image_matrix
@@ -141,6 +142,7 @@ class UniSIDModel(nn.Module):
         else:
             self.emb_head = nn.Linear(h, config.emb_dim)
         self._pass_use_cache = hasattr(backbone.config, "use_cache")
+        self.sid_quantizer: RQKMeansTokenizer | None = None  # sid_source="embedding_rq": set by fit_sid_quantizer
 
     # ------------------------------------------------------------ forward
     def forward(self, batch: AdBatch) -> UniSIDOutput:
@@ -175,10 +177,40 @@ class UniSIDModel(nn.Module):
     # ------------------------------------------------------------ inference
     def encode(self, ads: pl.DataFrame, batch_size: int = 64, device: str = "cpu",
                amp: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(codes int64 (n, L), embeddings float32 (n, D), last-level logits float32 (n, K)), row i = ads[i].
+        """(codes int64 (n, L), embeddings float32 (n, D), last-level scores float32 (n, K)), row i = ads[i].
 
-        Eval mode, no grad; the model is moved to `device`. Ads are batched by token length (for
-        speed), outputs are returned in the input order. amp: bf16 autocast on CUDA.
+        The SID follows config.sid_source: the heads' argmax ("head"; scores = last-level logits) or the
+        residual quantizer over the embedding ("embedding_rq"; scores = minus the squared distance of the
+        last-level residual to each codeword). Higher score = better code, so -scores is the per-code cost
+        that collision reassignment takes. Eval mode, no grad; the model is moved to `device`.
+        """
+        codes, embs, last = self.encode_heads(ads, batch_size, device, amp)
+        if self.config.sid_source == "head":
+            return codes, embs, last
+        q = self._quantizer_on(device)
+        codes = q.encode(embs)
+        return codes, embs, -q.last_level_distances(embs, codes)
+
+    def _quantizer_on(self, device: str) -> RQKMeansTokenizer:
+        if self.sid_quantizer is None:
+            raise ValueError("sid_source='embedding_rq' but this model has no fitted quantizer: "
+                             "call fit_sid_quantizer(ads, seed, device) after training (train_unisid does)")
+        return self.sid_quantizer.to(resolve_device(device))
+
+    def fit_sid_quantizer(self, embeddings: np.ndarray, seed: int, device: str, n_iter: int = 50) -> dict[str, list]:
+        """Fit the residual k-means (n_levels x codebook_size, k-means++ init) on this model's embeddings
+        (n, D) of the catalog; returns its per-level history (usage, perplexity, inertia)."""
+        cfg = RQKMeansConfig(n_levels=self.config.n_levels, codebook_size=self.config.codebook_size, n_iter=n_iter)
+        tok, hist = fit_rq_kmeans(cfg, np.asarray(embeddings, dtype=np.float32), seed=seed, device=device)
+        self.sid_quantizer = tok
+        return hist
+
+    def encode_heads(self, ads: pl.DataFrame, batch_size: int = 64, device: str = "cpu",
+                     amp: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(head argmax codes int64 (n, L), embeddings float32 (n, D), last-level logits float32 (n, K)).
+
+        Ads are batched by token length (for speed), outputs are returned in the input order. amp: bf16
+        autocast on CUDA.
         """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -212,7 +244,7 @@ class UniSIDModel(nn.Module):
         return codes, embs, last
 
     def encode_codes(self, ads: pl.DataFrame, batch_size: int = 64, device: str = "cpu") -> np.ndarray:
-        """Only the argmax codes, int64 (n, L)."""
+        """Only the SID codes, int64 (n, L)."""
         return self.encode(ads, batch_size=batch_size, device=device)[0]
 
     # ------------------------------------------------------------ persistence
@@ -222,8 +254,10 @@ class UniSIDModel(nn.Module):
             "format": CHECKPOINT_FORMAT,
             "config": self.config.to_dict(),
             "backbone_config": self.backbone.config.to_dict(),
-            "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()},
+            "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()
+                           if not k.startswith("sid_quantizer.")},
             "tokenizer_files": _tokenizer_files(self.tokenizer),
+            "sid_quantizer": None if self.sid_quantizer is None else self.sid_quantizer.to_checkpoint(),
         }
 
     @classmethod
@@ -235,6 +269,8 @@ class UniSIDModel(nn.Module):
         tokenizer = _tokenizer_from_files(d["tokenizer_files"])
         model = cls(config, backbone=backbone, tokenizer=tokenizer)
         model.load_state_dict(d["state_dict"], strict=True)
+        if d.get("sid_quantizer") is not None:
+            model.sid_quantizer = RQKMeansTokenizer.from_checkpoint(d["sid_quantizer"])
         model.eval()
         return model
 

@@ -38,7 +38,10 @@ from unisid_pipeline.unisid.inputs import (
     attribute_target_text, detect_image_dim, image_matrix, pad_targets, tokenize_targets,
 )
 from unisid_pipeline.unisid.losses import LOSS_KEYS, UniSIDObjective
+from unisid_pipeline.models.rq import RQKMeansConfig, fit_rq_kmeans
+from unisid_pipeline.retrieval import retrieval_recall
 from unisid_pipeline.unisid.model import UniSIDModel
+from unisid_pipeline.unisid.pairs import Partners, sample_partners
 from unisid_pipeline.files import disk_full_error, is_no_space, remove_dead_temps
 
 logger = logging.getLogger(__name__)
@@ -100,8 +103,11 @@ def _param_groups(model: UniSIDModel, objective: UniSIDObjective, config: UniSID
     return groups
 
 
-def _fingerprint(ads: pl.DataFrame, texts: list[str] | None, labels: np.ndarray) -> str:
+def _fingerprint(ads: pl.DataFrame, texts: list[str] | None, labels: np.ndarray, partners: Partners | None = None) -> str:
     h = hashlib.sha256()
+    if partners is not None:
+        h.update(partners.offsets.tobytes())
+        h.update(partners.values.tobytes())
     h.update(np.ascontiguousarray(ads["ad_id"].to_numpy()).tobytes())
     h.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
     for t in texts or []:
@@ -148,8 +154,8 @@ class _TrainStep(nn.Module):
         self.model = model
         self.objective = objective
 
-    def forward(self, views, labels, rec_ids, rec_mask) -> dict[str, torch.Tensor]:
-        return self.objective(self.model, views, labels, rec_ids, rec_mask)
+    def forward(self, views, labels, rec_ids, rec_mask, partner_labels=None, row_keys=None) -> dict[str, torch.Tensor]:
+        return self.objective(self.model, views, labels, rec_ids, rec_mask, partner_labels, row_keys)
 
 
 def _validate(config: UniSIDTrainConfig, ads: pl.DataFrame, summaries: list[str] | None,
@@ -195,6 +201,8 @@ def train_unisid(
     checkpoint_dir: Path | None = None,
     on_step: Callable[[dict[str, Any]], None] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    partners: Partners | None = None,
+    retrieval_pairs: np.ndarray | None = None,
 ) -> tuple[UniSIDModel, dict[str, list[dict[str, Any]]]]:
     """Train UniSID on `ads` (raw_ads schema); return (model in eval mode, history).
 
@@ -202,12 +210,25 @@ def train_unisid(
     summaries: one text per ad (for rec_target='summary'), else None.
     checkpoint_dir: if it holds a checkpoint of this same config/seed/data, training resumes from
     it; checkpoints are written every config.checkpoint_every steps and at the end.
+    partners: co-interaction partners of every ad row (`unisid.pairs.co_interaction_partners`); needed
+    when config.emb_positives == "co_interaction", ignored otherwise.
+    retrieval_pairs: (m, 2) ad row indices (query, positive), e.g. held-out next clicks: each epoch then
+    reports the embedding's retrieval_r10 (1 positive among 999 random ads, `retrieval.retrieval_recall`).
+    With model.sid_source == "embedding_rq" the quantizer is fitted on the catalog's embeddings at the end
+    (seeded with `seed`), and the per-epoch code statistics are those of a quantizer fitted on the sample.
     history: {"step": [per-step dicts], "epoch": [per-epoch dicts]}; step dicts: step (1-based),
     epoch, loss, loss_sid, loss_emb, loss_rec, loss_bal, loss_con (NaN when off), lr (backbone group),
     lr_heads, grad_norm, ads, ads_per_s, tokens (backbone tokens of both views), seconds; epoch dicts: epoch, step, mean loss, per-level
     code_usage_l*/code_perplexity_l* and unique_sid_frac on a fixed sample of ads.
     """
     labels_np = _validate(config, ads, summaries, level_labels)
+    use_pairs = config.use_emb and config.w_emb > 0 and config.emb_positives == "co_interaction"
+    if use_pairs:
+        if partners is None:
+            raise ValueError("emb_positives='co_interaction' needs the users' click sequences: pass partners="
+                             "co_interaction_partners(ad_ids, user_sequences), or set emb_positives='view'")
+        if partners.n_ads != ads.height:
+            raise ValueError(f"partners cover {partners.n_ads} ads, the ads table has {ads.height}: build them from this table")
     seed_everything(seed)
     ctx = DistContext.from_env(resolve_device(device))
     dev = ctx.device
@@ -253,7 +274,7 @@ def train_unisid(
     stats_idx = np.sort(np.random.default_rng([seed, 0xC0DE]).permutation(n)[: config.code_stats_sample])
     stats_ads = ads[stats_idx.tolist()] if len(stats_idx) else None
 
-    fingerprint = _fingerprint(ads, rec_texts, labels_np)
+    fingerprint = _fingerprint(ads, rec_texts, labels_np, partners if use_pairs else None)
     history: dict[str, list[dict[str, Any]]] = {"step": [], "epoch": []}
     start_step = 0
     ckpt_path = None
@@ -324,17 +345,23 @@ def train_unisid(
             s, e = chunks[c]
             idx = order_cache[epoch][s:e]
             rng = np.random.default_rng([seed, m, 1])
-            ads_b = [encoded[i] for i in idx]
-            img = None if images is None else np.concatenate([images[idx], images[idx]])
-            views = model.builder.collate(ads_b + ads_b, img, rng, config.token_drop_prob, config.shuffle_attributes)
+            # second half: the same ads (two views), or each ad's co-interaction partner
+            second = sample_partners(partners, idx, np.random.default_rng([seed, m, 2])) if use_pairs else idx
+            img = None if images is None else np.concatenate([images[idx], images[second]])
+            views = model.builder.collate([encoded[i] for i in idx] + [encoded[i] for i in second], img, rng,
+                                          config.token_drop_prob, config.shuffle_attributes)
             views = views.to(dev)
+            pair_kw = {}
+            if use_pairs:
+                pair_kw = {"partner_labels": labels_t[second].to(dev),
+                           "row_keys": torch.from_numpy(np.concatenate([idx, second])).to(dev)}
             rec_ids = rec_mask = None
             if rec_targets is not None:
                 rec_ids, rec_mask = pad_targets([rec_targets[i] for i in idx], objective.rec.pad_id)
                 rec_ids, rec_mask = rec_ids.to(dev), rec_mask.to(dev)
             with ctx.no_sync(train_step, skip=a < accum - 1):  # DDP: one all-reduce per optimiser step
                 with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                    losses = train_step(views, labels_t[idx].to(dev), rec_ids, rec_mask)
+                    losses = train_step(views, labels_t[idx].to(dev), rec_ids, rec_mask, **pair_kw)
                 (losses["loss"] / accum).backward()
             for k in LOSS_KEYS:
                 sums[k] += float(losses[k].detach()) / accum
@@ -366,9 +393,7 @@ def train_unisid(
             ep_rec: dict[str, Any] = {"epoch": ep, "step": step + 1,
                                       "loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan")}
             epoch_losses = []
-            if stats_ads is not None:
-                codes = model.encode_codes(stats_ads, batch_size=config.encode_batch_size, device=str(dev))
-                ep_rec.update(code_stats(codes, mcfg.codebook_size))
+            ep_rec.update(_epoch_stats(model, stats_ads, ads, retrieval_pairs, config, seed, dev))
             history["epoch"].append(ep_rec)
             ep_recs.append(ep_rec)
             logger.info("epoch %d done: %s", ep, {k: round(v, 4) for k, v in ep_rec.items()})
@@ -381,4 +406,41 @@ def train_unisid(
             for ep_rec in ep_recs:
                 on_epoch(ep_rec)
     model.eval()
+    if mcfg.sid_source == "embedding_rq":
+        t0 = time.perf_counter()
+        _, emb, _ = model.encode_heads(ads, batch_size=config.encode_batch_size, device=str(dev), amp=use_amp)
+        qh = model.fit_sid_quantizer(emb, seed=seed, device=str(dev))
+        history["quantizer"] = [{"level": i + 1, **{k: v[i] for k, v in qh.items() if k != "inertia_curve"}}
+                                for i in range(len(qh.get("level", [])))]
+        logger.info("SID quantizer (residual k-means on the UniSID embedding) fitted in %.1fs: usage per level %s",
+                    time.perf_counter() - t0, [round(float(u), 3) for u in qh.get("usage", [])])
     return model, history
+
+
+def _epoch_stats(model: UniSIDModel, stats_ads: pl.DataFrame | None, ads: pl.DataFrame,
+                 retrieval_pairs: np.ndarray | None, config: UniSIDTrainConfig, seed: int,
+                 dev: torch.device) -> dict[str, float]:
+    """Per-epoch diagnostics: code usage/perplexity of the SIDs on a fixed sample (head argmax, or a
+    quantizer fitted on the sample's embeddings for sid_source="embedding_rq"; the head codes are then
+    reported too, as head_*), and the embedding's held-out retrieval when pairs are given."""
+    out: dict[str, float] = {}
+    k = config.model.codebook_size
+    if stats_ads is not None:
+        head, emb, _ = model.encode_heads(stats_ads, batch_size=config.encode_batch_size, device=str(dev))
+        if config.model.sid_source == "head":
+            out.update(code_stats(head, k))
+        else:
+            out.update({f"head_{n}": v for n, v in code_stats(head, k).items()})
+            if len(emb) >= k:
+                state = _rng_state()  # fit_rq_kmeans seeds the global RNGs: keep training's stream untouched
+                try:
+                    cfg = RQKMeansConfig(n_levels=config.model.n_levels, codebook_size=k, n_iter=20)
+                    tok, _ = fit_rq_kmeans(cfg, emb, seed=seed, device=str(dev))
+                    out.update(code_stats(tok.encode(emb), k))
+                finally:
+                    _set_rng_state(state)
+    if retrieval_pairs is not None and len(retrieval_pairs) and ads.height >= 1001:
+        _, emb_all, _ = model.encode_heads(ads, batch_size=config.encode_batch_size, device=str(dev))
+        res = retrieval_recall(np.arange(ads.height), emb_all, retrieval_pairs, n_negatives=999, seed=seed)
+        out["retrieval_r10"] = res["recall@10"]
+    return out

@@ -17,8 +17,8 @@ while :; do
   [ $(date +%s) -ge $end ] && break
   sleep 60
 done
-cd $R && tar czf $OUT/res.tgz --exclude='sids_*.parquet' --exclude='*.ckpt' $(ls -d rec_* tok_* fallbacks.txt unisid_master.log t0 deadline 2>/dev/null)
-cp $R/tok_unisid_s*/sids_unisid_s*.parquet $OUT/ 2>/dev/null
+cd $R && tar czf $OUT/res.tgz --exclude='sids_rq_*.parquet' --exclude='emb_*.parquet' --exclude='*.ckpt' $(ls -d rec_* tok_* fallbacks.txt unisid_master.log t0 deadline 2>/dev/null)
+for f in $R/tok_*/emb_*.parquet; do [ -f "$f" ] && cp "$f" $OUT/$(basename $(dirname "$f"))_$(basename "$f"); done  # UniSID embeddings (fp16)
 # SAVE_MODEL runs of this start: an fp16 copy of each model (fp32 is ~20 MB, over a returned file's 16 MiB)
 [ -s $R/runs ] && sed 's/^rec_\(.*\)\.json$/model_\1.pt/' $R/runs | while read -r m; do
   [ -s $R/$m ] && python3 -c "import sys, torch; d = torch.load(sys.argv[1], map_location='cpu', weights_only=False)
