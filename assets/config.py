@@ -53,6 +53,8 @@ class Ingestion(Config):
     synthetic: SyntheticWorld = Field(default_factory=SyntheticWorld, description="synthetic world settings")
     ads_path: str = Field(_I.ads_path, description="source=files: ads file (.csv/.tsv/.jsonl/.parquet)")
     interactions_path: str = Field(_I.interactions_path, description="source=files: interactions file")
+    category_sep: str = Field(_I.category_sep, description="source=files: separator between the levels of a string "
+                              "category_path (a list column or JSON array needs none)")
     beauty_dir: str = Field(_I.beauty_dir, description="source=amazon_beauty: the dataset folder")
     max_text_chars: int = Field(_I.max_text_chars, description="longer titles/descriptions are rejected")
     timestamp_order: Literal["reject", "sort"] = Field(

@@ -9,7 +9,7 @@ import polars as pl
 
 from unisid_pipeline.data.beauty import load_beauty
 from unisid_pipeline.data.readers import read_rows
-from unisid_pipeline.data.schema import AD_REQUIRED, INTERACTION_REQUIRED
+from unisid_pipeline.data.schema import AD_REQUIRED, CATEGORY_SEP, INTERACTION_REQUIRED
 from unisid_pipeline.data.synthetic import SyntheticWorldConfig, generate_world
 from unisid_pipeline.data.validation import DEFAULT_MAX_TEXT_CHARS, concat_rejected, validate_ads, validate_interactions
 
@@ -25,6 +25,7 @@ class IngestionConfig:
     synthetic: SyntheticWorldConfig = field(default_factory=SyntheticWorldConfig)
     ads_path: str = ""  # source="files": a .csv/.tsv/.jsonl/.parquet file with the raw_ads schema
     interactions_path: str = ""  # source="files": a file with the ad_interactions schema
+    category_sep: str = CATEGORY_SEP  # source="files": separator of string category paths (lists need none)
     beauty_dir: str = ""  # source="amazon_beauty": folder with sequential_data.txt etc.
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
     timestamp_order: Literal["reject", "sort"] = "reject"
@@ -36,6 +37,9 @@ class IngestionConfig:
             raise ValueError("IngestionConfig: source='files' needs ads_path and interactions_path")
         if self.source == "amazon_beauty" and not self.beauty_dir:
             raise ValueError("IngestionConfig: source='amazon_beauty' needs beauty_dir (e.g. ../shared/data/amazon-beauty-2014)")
+        if not self.category_sep:
+            raise ValueError("IngestionConfig.category_sep must be a non-empty string (the separator between the "
+                             "levels of a string category_path, e.g. ' > ' or '/')")
         if self.max_text_chars < 1:
             raise ValueError(f"IngestionConfig.max_text_chars must be >= 1, got {self.max_text_chars}")
         if self.timestamp_order not in ("reject", "sort"):
@@ -76,7 +80,9 @@ def ingest(config: IngestionConfig) -> IngestionResult:
         ads_rows, inter_rows = ads_file.rows, inter_file.rows
         ads_src, inter_src = ads_file.source, inter_file.source
         parse_rej_ads, parse_rej_inter = ads_file.rejected, inter_file.rejected
-    ads = validate_ads(ads_rows, ads_src, max_text_chars=config.max_text_chars)
+    # Only user files use the configured separator; the generator and the Beauty reader join levels by " > ".
+    sep = config.category_sep if config.source == "files" else CATEGORY_SEP
+    ads = validate_ads(ads_rows, ads_src, max_text_chars=config.max_text_chars, category_sep=sep)
     inter = validate_interactions(inter_rows, inter_src, ads.clean["ad_id"], timestamp_order=config.timestamp_order)
     rejected_ads = concat_rejected(parse_rej_ads, ads.rejected)
     rejected_inter = concat_rejected(parse_rej_inter, inter.rejected)

@@ -23,6 +23,15 @@
 | ad_id     | Int64 | yes      | must be an ad_id of `raw_ads`                                   |
 | timestamp | Int64 | yes      | event time (seconds, or a position index when no clock exists) |
 
+`category_path` in an input file may be a string or a list. A string has its levels joined by the
+ingestion config's `category_sep` (default " > "; e.g. "/" for "Beauty/Makeup/Nails"). A list of
+level names, coarse to fine, may be a JSONL array (["Beauty", "Makeup", "Nails"]) or a Parquet
+List[Utf8] column. Either way raw_ads stores the levels stripped of surrounding spaces and joined
+by " > ". Empty strings and empty lists mean no path (null). A malformed path goes to rejected_ads
+with field `category_path`: an empty level ("A >  > C", a trailing separator), a null or non-string
+list element, a list of lists, a level that contains " > ", or (separator " > ") a level holding a
+bare ">": a doubled separator or a file joined another way (see `data/category_path.py`).
+
 `rejected_ads` / `rejected_interactions` keep every row that failed validation:
 `source` (file or generator), `line` (1-based line/row in the source), `field`, `reason`
 (what is wrong and how to fix it), `raw` (the row as JSON text).

@@ -14,9 +14,11 @@ from typing import Literal
 
 import polars as pl
 
+from unisid_pipeline.data.category_path import normalise_category_path
 from unisid_pipeline.data.schema import (
     AD_COLUMNS,
     AD_REQUIRED,
+    CATEGORY_SEP,
     INTERACTION_COLUMNS,
     INTERACTION_REQUIRED,
     REJECTED_COLUMNS,
@@ -166,13 +168,24 @@ def validate_ads(
     rows: pl.DataFrame,
     source: str,
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
+    category_sep: str = CATEGORY_SEP,
 ) -> ValidationResult:
     """Validate ad rows (with `_line`). Checks: required fields, types, empty title, text length,
-    negative price, image-vector length, duplicate ad_id (the first occurrence is kept)."""
+    negative price, image-vector length, malformed category path, duplicate ad_id (the first
+    occurrence is kept). `category_path` may be a list of levels or a string joined by `category_sep`;
+    it comes out joined by " > " (`unisid_pipeline.data.category_path`)."""
     if "_line" not in rows.columns:
         rows = rows.with_row_index("_line", offset=1).with_columns(pl.col("_line").cast(pl.Int64))
-    typed, type_errors = _coerce(rows, AD_COLUMNS)
+    path_error = None
+    if "category_path" in rows.columns:
+        path, path_error = normalise_category_path(rows["category_path"], category_sep)
+        typed, type_errors = _coerce(rows.with_columns(path.alias("category_path")), AD_COLUMNS)
+        typed = typed.with_columns(path_error.alias("__path_err"))
+    else:
+        typed, type_errors = _coerce(rows, AD_COLUMNS)
     checks = _required_and_type_checks(AD_REQUIRED, type_errors, "every ad needs an integer ad_id and a non-empty title")
+    if path_error is not None:
+        checks.append(("category_path", pl.col("__path_err")))
     checks.append(("title", pl.when(pl.col("title").is_not_null() & (pl.col("title").str.strip_chars() == "")).then(
         pl.lit("title is empty (only whitespace); give every ad a non-empty title"))))
     for f in TEXT_FIELDS:
