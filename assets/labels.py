@@ -16,7 +16,7 @@ class HierarchyConfig(Config):
 
     source: Literal["auto", "category_path", "derived"] = Field(
         "auto", description="auto: the ads' category_path when at least min_coverage of ads have one, else derived "
-        "from text embeddings (Amazon Beauty has titles only)")
+        "from text embeddings (e.g. Amazon Beauty without item_meta.jsonl)")
     min_coverage: float = Field(0.5, description="share of ads with a category path needed to use it (auto)")
     branching: list[int] = Field([8, 8, 8], description="derived: clusters per level (top-down recursive k-means)")
     method: Literal["recursive_kmeans", "agglomerative"] = Field("recursive_kmeans", description="derived: clustering")

@@ -1,5 +1,5 @@
 """Ground-truth hierarchy labels: from the category path, or derived from embeddings when the data
-has none (Amazon Beauty: titles only), plus their integer encoding for UniSID's L_sid.
+has none (e.g. Amazon Beauty without item_meta.jsonl), plus their integer encoding for UniSID's L_sid.
 
 Labels frame: `ad_id` Int64, `level_1`, `level_2`, `level_3` Utf8; level_d is a path prefix, so
 level_{d+1} refines level_d. Derived labels look like "h3", "h3/5", "h3/5/1".

@@ -2,9 +2,12 @@
 
 Files (see the dataset's README): `sequential_data.txt` (user item item ..., chronological),
 `datamaps.json` (id2item: item id -> ASIN), `item_id_to_int.json` (ASIN -> global_product_id),
-`products_lookup.csv` (global_product_id -> name). Titles are the only item text; there is no
-category path, brand or price. Sequences carry no timestamps, so `timestamp` is the position of
-the item in the user's sequence (0, 1, 2, ...), which keeps the order exactly.
+`products_lookup.csv` (global_product_id -> name, the title) and, when present, `item_meta.jsonl`
+(item id -> category path and brand; read by `beauty_meta`: the first "Beauty" category list
+without its root, e.g. "Makeup > Nails > Nail Polish", and the brand with HTML entities unescaped,
+"Unknown" as null). Without item_meta.jsonl the items have titles only and `info["category_path"]`
+says so. There is no price or description. Sequences carry no timestamps, so `timestamp` is the
+position of the item in the user's sequence (0, 1, 2, ...), which keeps the order exactly.
 
 The 7 items whose title is empty keep a placeholder title "Amazon product <ASIN>" so the standard
 item set (12,101 items) and the published protocol stay intact; `load_beauty` reports how many.
@@ -18,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from unisid_pipeline.data.beauty_meta import META_FILE, join_item_meta
 from unisid_pipeline.data.readers import InputFileError
 
 REQUIRED_FILES = ("sequential_data.txt", "datamaps.json", "item_id_to_int.json", "products_lookup.csv")
@@ -25,7 +29,7 @@ REQUIRED_FILES = ("sequential_data.txt", "datamaps.json", "item_id_to_int.json",
 
 @dataclass(frozen=True)
 class BeautyData:
-    ads: pl.DataFrame  # `_line` + raw_ads columns (title only as text)
+    ads: pl.DataFrame  # `_line` + raw_ads columns (title; category_path and brand when item_meta.jsonl exists)
     interactions: pl.DataFrame  # `_line` + ad_interactions columns
     info: dict
 
@@ -58,10 +62,19 @@ def load_beauty(directory: str | Path) -> BeautyData:
         .then(pl.lit("Amazon product ") + pl.col("asin"))
         .otherwise(pl.col("name")).alias("title")
     )
+    meta_path = directory / META_FILE
+    if meta_path.exists():
+        items, meta_info = join_item_meta(items, meta_path)
+        attributes = [pl.col("category_path"), pl.col("brand")]
+    else:
+        meta_info = {"category_path": f"absent ({META_FILE} not found: titles only); derive a hierarchy for SID quality",
+                     "brand": f"absent ({META_FILE} not found)"}
+        attributes = []
     ads = items.select(
         pl.col("ad_id").rank("ordinal").cast(pl.Int64).alias("_line"),
         pl.col("ad_id").cast(pl.Int64),
         pl.col("title"),
+        *attributes,
     )
 
     users: list[np.ndarray] = []
@@ -96,6 +109,6 @@ def load_beauty(directory: str | Path) -> BeautyData:
         "n_placeholder_titles": empty.height,
         "placeholder_title_ad_ids": empty["ad_id"].to_list(),
         "timestamp": "position in the user's sequence (the data has no clock)",
-        "category_path": "absent (titles only); derive a hierarchy for SID quality",
+        **meta_info,
     }
     return BeautyData(ads=ads, interactions=interactions, info=info)
