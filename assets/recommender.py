@@ -13,7 +13,7 @@ from assets.tokenizers import loss_figure
 from unisid_pipeline.embeddings import frame_to_embeddings
 from unisid_pipeline.recommender import RecommenderConfig, evaluate_recommender, train_recommender
 from unisid_pipeline.reporting import comparison_figure, summarize_runs
-from unisid_pipeline.retrieval import click_pairs, retrieval_recall
+from unisid_pipeline.retrieval import heldout_pairs, retrieval_recall
 from unisid_pipeline.tracking import set_alias
 
 GROUP = "recommender"
@@ -120,10 +120,10 @@ ASSETS = [*RECOMMENDERS, downstream_eval]
 
 
 class RetrievalConfig(Config):
-    """Ad-to-ad retrieval: 1 positive (the next click) among n_negatives random ads."""
+    """Ad-to-ad retrieval: 1 positive (the held-out test click) among n_negatives random ads."""
 
     n_negatives: int = Field(999, description="negatives per query (paper: 999); capped at catalog size - 2")
-    max_pairs: int = Field(5000, description="query/positive pairs sampled from the training clicks")
+    max_pairs: int = Field(5000, description="query/positive pairs sampled from the test split (last history ad, test target)")
     seed: int = Field(0, description="pair and negative sampling seed")
 
 
@@ -131,9 +131,10 @@ class RetrievalConfig(Config):
 def embedding_retrieval_eval(context: AssetExecutionContext, config: RetrievalConfig, mlflow: MlflowTracking,
                              ad_text_embeddings: pl.DataFrame, unisid_embeddings: pl.DataFrame,
                              user_sequences: pl.DataFrame) -> Output[pl.DataFrame]:
-    """Recall@1/5/10/20 of ad-to-ad retrieval (query: an ad, positive: the user's next click, 1 among
-    1 + n_negatives) for every model that emits an ad embedding: UniSID and the text encoder."""
-    pairs = click_pairs(user_sequences, config.max_pairs, config.seed)
+    """Recall@1/5/10/20 of ad-to-ad retrieval (query: the user's last history ad, positive: the test click,
+    1 among 1 + n_negatives) for every model that emits an ad embedding: UniSID and the text encoder. Held-out
+    pairs, because UniSID may learn from the training clicks (emb_positives='co_interaction')."""
+    pairs = heldout_pairs(user_sequences, "test", config.max_pairs, config.seed)
     rows = []
     with mlflow.run_for(context, params=config.model_dump()) as run:
         for name, frame in (("text_encoder", ad_text_embeddings), ("unisid", unisid_embeddings)):

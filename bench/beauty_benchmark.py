@@ -86,12 +86,12 @@ def tokenize(args) -> None:
                 lab = ads.select("ad_id").join(labels, on="ad_id", how="left")
                 from unisid_pipeline.unisid.tables import sequence_inputs
 
+                given = lambda **kw: {k: v for k, v in kw.items() if v is not None}  # noqa: E731 (None = the config's default)
                 cfg = UniSIDTrainConfig(model=UniSIDConfig(backbone=str(Path(args.backbone).resolve()), use_image=False,
-                                                           sid_source=args.unisid_sid_source),
+                                                           **given(sid_source=args.unisid_sid_source)),
                                         epochs=args.unisid_epochs, batch_size=args.unisid_batch_size,
                                         rec_decoder=args.unisid_rec_decoder, checkpoint_every=0,
-                                        emb_positives=args.unisid_emb_positives,
-                                        **({} if args.unisid_lr_backbone is None else {"lr_backbone": args.unisid_lr_backbone}))
+                                        **given(emb_positives=args.unisid_emb_positives, lr_backbone=args.unisid_lr_backbone))
                 ad_ids_u = ads["ad_id"].to_numpy()
                 partners, vpairs = sequence_inputs(ads, seqs)
                 epochs_log = []
@@ -227,9 +227,10 @@ def main() -> None:
     ap.add_argument("--unisid-epochs", type=int, default=3)
     ap.add_argument("--unisid-batch-size", type=int, default=128)
     ap.add_argument("--unisid-rec-decoder", default="tiny", help="tiny | smollm2 (frozen) | a local causal LM folder")
-    ap.add_argument("--unisid-sid-source", default="head", choices=("head", "embedding_rq"), help="UniSIDConfig.sid_source")
-    ap.add_argument("--unisid-emb-positives", default="view", choices=("view", "co_interaction"),
-                    help="UniSIDTrainConfig.emb_positives")
+    ap.add_argument("--unisid-sid-source", default=None, choices=("head", "embedding_rq"),
+                    help="UniSIDConfig.sid_source (default: the config's, embedding_rq; head = the paper's)")
+    ap.add_argument("--unisid-emb-positives", default=None, choices=("view", "co_interaction"),
+                    help="UniSIDTrainConfig.emb_positives (default: the config's, co_interaction; view = the paper's)")
     ap.add_argument("--unisid-lr-backbone", type=float, default=None, help="UniSIDTrainConfig.lr_backbone (default 4e-5)")
     ap.add_argument("--branching", nargs=3, type=int, default=None,
                     help="re-derive the 3-level hierarchy from the embeddings with this branching (default: labels.parquet)")

@@ -66,7 +66,9 @@ def main() -> None:
     labels = encode_level_labels(labels_from_category_path(ads))
     use_rec = args.rec_decoder != "none"
     cfg = UniSIDTrainConfig(
-        model=UniSIDConfig(backbone=args.backbone, max_length=args.max_length),
+        # training-step throughput: the paper's two-view batches (co-interaction positives only change which ads
+        # fill the second half of a batch) and the heads' SIDs (no quantizer fit at the end of this short run)
+        model=UniSIDConfig(backbone=args.backbone, max_length=args.max_length, sid_source="head"), emb_positives="view",
         max_steps=args.steps + 1, batch_size=args.batch_size, amp=args.amp, cpu_amp=args.amp, use_rec=use_rec,
         rec_decoder=args.rec_decoder if use_rec else "tiny", rec_target="attributes",
         checkpoint_every=0, code_stats_sample=0,

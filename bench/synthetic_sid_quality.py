@@ -38,6 +38,8 @@ torch.set_num_threads(1)
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
+from unisid_pipeline.data.sequences import build_user_sequences  # noqa: E402
+from unisid_pipeline.unisid.tables import sequence_inputs  # noqa: E402
 from unisid_pipeline.analysis import sid_report  # noqa: E402
 from unisid_pipeline.data.schema import ad_text  # noqa: E402
 from unisid_pipeline.data.synthetic import SyntheticWorldConfig, generate_world  # noqa: E402
@@ -84,6 +86,7 @@ class Data:
     x: np.ndarray  # MiniLM embeddings of ad_text (with category)
     x_nocat: np.ndarray  # MiniLM embeddings of ad_text without the category path
     embed_s: float
+    sequences: pl.DataFrame  # user_sequences of the world's clicks (UniSID's co-interaction positives)
 
 
 def prepare(world_seed: int, encoder_dir: str | None = None, summaries: str = "template", device: str = "cpu") -> Data:
@@ -106,7 +109,8 @@ def prepare(world_seed: int, encoder_dir: str | None = None, summaries: str = "t
     summaries = summarize_ads(ads, summ, cache=None)["summary"].to_list()
     n_leaf = labels["level_3"].n_unique()
     log.info("world: %d ads, %d leaf categories, embeddings %s in %.1fs", ads.height, n_leaf, x.shape, embed_s)
-    return Data(ads, ads["ad_id"].to_numpy(), labels, level_labels, summaries, x, x_nocat, embed_s)
+    sequences, _ = build_user_sequences(world.interactions)
+    return Data(ads, ads["ad_id"].to_numpy(), labels, level_labels, summaries, x, x_nocat, embed_s, sequences)
 
 
 def report(data: Data, codes: np.ndarray, method: str) -> dict[str, float]:
@@ -142,7 +146,8 @@ def run_unisid(data: Data, seed: int, epochs: int, train_over: dict[str, Any], m
         checkpoint_every=0, code_stats_sample=0, **train_over,
     )
     t0 = time.perf_counter()
-    model, hist = train_unisid(cfg, data.ads, data.summaries, data.level_labels, seed, dev)
+    partners, _ = sequence_inputs(data.ads, data.sequences)
+    model, hist = train_unisid(cfg, data.ads, data.summaries, data.level_labels, seed, dev, partners=partners)
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     codes, _emb, _last = model.encode(data.ads, device=dev)

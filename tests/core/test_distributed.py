@@ -23,7 +23,8 @@ from unisid_pipeline.unisid import UniSIDModel, UniSIDTrainConfig, train_unisid
 from unisid_pipeline.unisid.tables import aligned_inputs
 
 REPO = Path(__file__).resolve().parents[2]
-UNISID = dict(model=dict(backbone="tiny", codebook_size=16, emb_dim=16, max_length=64), max_steps=4, batch_size=8,
+UNISID = dict(model=dict(backbone="tiny", codebook_size=16, emb_dim=16, max_length=64, sid_source="head"),
+              emb_positives="view", max_steps=4, batch_size=8,
               use_rec=False, checkpoint_every=0, lr_heads=3e-3, code_stats_sample=16)
 REC = dict(n_encoder_layers=1, n_decoder_layers=1, d_model=32, n_heads=2, d_kv=16, d_ff=64, max_history=5,
            dropout=0.0, batch_size=32, epochs=3, warmup_steps=2, beam_size=10, n_user_buckets=8, lr=3e-3,

@@ -54,12 +54,14 @@ def make_ads(per_leaf: int = 4, image_dim: int = 4) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=AD_COLUMNS)
 
 
-MODEL = UniSIDConfig(backbone="tiny", codebook_size=16, emb_dim=16, max_length=64)
+# The paper's path (SID heads, two-view positives): these tests exercise the training machinery on it;
+# the default recipe (co-interaction positives, SIDs quantized from the embedding) is in test_unisid_pairs.py.
+MODEL = UniSIDConfig(backbone="tiny", codebook_size=16, emb_dim=16, max_length=64, sid_source="head")
 
 
 def train_cfg(**kw) -> UniSIDTrainConfig:
     base = dict(model=MODEL, max_steps=6, batch_size=8, rec_target="attributes", rec_tiny_width=32,
-                checkpoint_every=0, lr_heads=3e-3, code_stats_sample=16)
+                checkpoint_every=0, lr_heads=3e-3, code_stats_sample=16, emb_positives="view")
     base.update(kw)
     return UniSIDTrainConfig(**base)
 

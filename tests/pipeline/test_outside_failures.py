@@ -14,6 +14,7 @@ import assets.unisid
 from assets import build_definitions
 from assets.ingestion import ingested_tables
 from assets.resources import MlflowTracking, WarehouseIOManager
+from unisid_pipeline.data.sequences import build_user_sequences
 from unisid_pipeline import paths, warehouse
 from unisid_pipeline.data.ingest import IngestionConfig, ingest
 from unisid_pipeline.data.synthetic import SyntheticWorldConfig
@@ -44,10 +45,12 @@ def failure_text(result) -> str:
 
 
 def write_unisid_inputs(home) -> None:
-    """The three tables unisid_model reads (40 synthetic ads, template summaries, category labels)."""
+    """The four tables unisid_model reads (40 synthetic ads, template summaries, category labels, user sequences)."""
     db = paths.warehouse_path(home)
-    ads = ingest(IngestionConfig(synthetic=SyntheticWorldConfig(**SMALL["synthetic"]))).raw_ads
+    res = ingest(IngestionConfig(synthetic=SyntheticWorldConfig(**SMALL["synthetic"])))
+    ads = res.raw_ads
     warehouse.write_table(db, "raw_ads", ads)
+    warehouse.write_table(db, "user_sequences", build_user_sequences(res.ad_interactions)[0])
     warehouse.write_table(db, "ad_summaries", summarize_ads(ads, TemplateSummarizer(), None))
     warehouse.write_table(db, "ad_hierarchy_labels", labels_from_category_path(ads))
 

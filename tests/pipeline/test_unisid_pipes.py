@@ -8,6 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from assets import build_definitions
 from unisid_pipeline import paths, warehouse
+from unisid_pipeline.data.sequences import build_user_sequences
 from unisid_pipeline.data.synthetic import SyntheticWorldConfig, generate_world
 from unisid_pipeline.hierarchy import labels_from_category_path
 
@@ -16,10 +17,12 @@ TRAIN = {"model": {"backbone": "tiny", "codebook_size": 16, "emb_dim": 16, "max_
 
 
 def _seed_warehouse(home) -> None:
-    """The three upstream tables unisid_model reads, written straight into the warehouse."""
-    ads = generate_world(SyntheticWorldConfig(n_ads=40, n_users=10, n_advertisers=5, image_dim=4, seed=1)).ads
+    """The four upstream tables unisid_model reads, written straight into the warehouse."""
+    world = generate_world(SyntheticWorldConfig(n_ads=40, n_users=10, n_advertisers=5, image_dim=4, seed=1))
+    ads = world.ads
     db = paths.warehouse_path(home)
     warehouse.write_table(db, "raw_ads", ads)
+    warehouse.write_table(db, "user_sequences", build_user_sequences(world.interactions)[0])
     warehouse.write_table(db, "ad_hierarchy_labels", labels_from_category_path(ads))
     warehouse.write_table(db, "ad_summaries", ads.select(
         "ad_id", summary=pl.format("An ad for {} shoppers: {}", pl.col("industry"), pl.col("title")),

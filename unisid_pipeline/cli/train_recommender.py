@@ -4,8 +4,8 @@
         --sequences user_sequences.parquet --out DIR
     torchrun --nproc_per_node=2 -m unisid_pipeline.cli.train_recommender ...   # same arguments
 
-run.json: {"model": RecommenderConfig.to_dict(), "seed": null, "device": null, "eval_every": 1}
-(seed/device null = the model config's). --sids: ad_id, codes (collision-free); --sequences: the
+run.json: {"model": RecommenderConfig.to_dict(), "seed": null, "device": null, "eval_every": null}
+(seed/device/eval_every null = the model config's). --sids: ad_id, codes (collision-free); --sequences: the
 user_sequences contract. Rank 0 writes DIR/model.pt (GenerativeRecommender.to_checkpoint()),
 DIR/history.json (per-epoch list) and DIR/summary.json.
 """
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
         t0 = time.perf_counter()
         model, history = train_recommender(config, sids, sequences, seed=seed, device=device, on_epoch=on_epoch,
-                                           eval_every=int(cfg.get("eval_every", 1)))
+                                           eval_every=None if cfg.get("eval_every") is None else int(cfg["eval_every"]))
         seconds = time.perf_counter() - t0
         replicas = ctx.replica_fingerprints(model.t5)
         if len(set(replicas)) != 1:

@@ -39,7 +39,8 @@ class RecommenderConfig:
     with linear warm-up over ``warmup_steps`` then ``lr * sqrt(warmup_steps / step)`` decay
     (``lr_schedule="inverse_sqrt"``; "constant" keeps lr after warm-up, "cosine" decays to 0 at the
     last epoch). Early stopping watches validation Recall@10 (``patience`` evaluations without
-    improvement; the best weights are restored).
+    improvement; the best weights are restored). ``eval_every``: validate every this many epochs (and
+    after the last), so ``patience`` evaluations span patience x eval_every epochs.
 
     ``valid_max_users`` evaluates early stopping on a fixed random subset of validation users
     (None = all), ``max_train_seconds`` stops training after the first epoch that ends past this
@@ -86,6 +87,7 @@ class RecommenderConfig:
     batch_size: int = 256
     epochs: int = 200
     patience: int = 10
+    eval_every: int = 1
     valid_max_users: int | None = None
     max_train_seconds: float | None = None
     beam_size: int = 20
@@ -101,7 +103,7 @@ class RecommenderConfig:
     def __post_init__(self) -> None:
         positive = (
             "n_encoder_layers", "n_decoder_layers", "d_model", "n_heads", "d_kv", "d_ff", "max_history",
-            "batch_size", "epochs", "patience", "beam_size", "eval_batch_size", "length_pool_batches",
+            "batch_size", "epochs", "patience", "eval_every", "beam_size", "eval_batch_size", "length_pool_batches",
         )
         for name in positive:
             v = getattr(self, name)

@@ -122,7 +122,7 @@ def train_recommender(
     seed: int | None = None,
     device: str | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
-    eval_every: int = 1,
+    eval_every: int | None = None,
 ) -> tuple[GenerativeRecommender, list[dict[str, Any]]]:
     """Train a generative recommender; return (model with the best validation weights, per-epoch history).
 
@@ -132,7 +132,8 @@ def train_recommender(
         sequences: user_sequences table (``user_id``, ``train_items``, ``valid_history``, ``valid_target``).
         seed, device: override ``config.seed`` / ``config.device`` when given.
         on_epoch: called after every epoch with that epoch's history dict (on rank 0 only under torchrun).
-        eval_every: validate (and consider early stopping) every this many epochs and after the last.
+        eval_every: validate (and consider early stopping) every this many epochs and after the last;
+            None = ``config.eval_every``.
 
     History dicts hold ``epoch``, ``step``, ``train_loss``, ``lr``, ``seconds`` (epoch wall time,
     validation included), ``evaluated`` and ``valid_recall@1/5/10/20``, ``valid_ndcg@5/10``,
@@ -160,9 +161,10 @@ def _train_recommender(
     seed: int | None = None,
     device: str | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
-    eval_every: int = 1,
+    eval_every: int | None = None,
 ) -> tuple[GenerativeRecommender, list[dict[str, Any]]]:
     """The body of `train_recommender` (which picks the CPU thread count around it)."""
+    eval_every = config.eval_every if eval_every is None else eval_every
     if not isinstance(eval_every, int) or eval_every < 1:
         raise ValueError(f"eval_every must be an int >= 1, got {eval_every!r}")
     seed = config.seed if seed is None else seed

@@ -41,7 +41,7 @@ class UniSIDConfig:
         (train_unisid fills image_dim from the data when use_image is True).
     attn_implementation: fixed so that a model rebuilt from a checkpoint runs the same kernels.
     sid_source: where the SID comes from. "head" (the paper): per level, the argmax of the SID head's
-        logits. "embedding_rq" (ours): residual k-means (3 x K, as RQ-KMeans) fitted on UniSID's own
+        logits. "embedding_rq" (ours, the default): residual k-means (3 x K, as RQ-KMeans) fitted on UniSID's own
         learned embedding at the end of training and stored inside the model, so one forward pass still
         gives the SID and the embedding; measured on Beauty, the head's parallel argmax collapses level 1
         and collides on ~half the ads (BENCHMARKS.md). The SID heads still train (L_sid shapes the shared
@@ -60,7 +60,7 @@ class UniSIDConfig:
     image_dim: int = 0
     n_image_tokens: int = 1
     attn_implementation: str = "sdpa"
-    sid_source: str = "head"
+    sid_source: str = "embedding_rq"
 
     def __post_init__(self) -> None:
         _check(self.sid_source in SID_SOURCES, f"sid_source must be one of {SID_SOURCES}")
@@ -112,7 +112,7 @@ class UniSIDTrainConfig:
       vectors (the paper), "probs" = cosine of their softmax (ours; ties the argmax to the geometry).
     - L_emb (use_emb): InfoNCE (NT-Xent, both views as anchors) on the L2-normalised embedding,
       emb_temperature 0.05 (ours; SimCSE's value for sentence embeddings). emb_positives: "view" (the
-      paper's reading: the ad's second view) or "co_interaction" (ours): the positive is an ad the same
+      paper's reading: the ad's second view) or "co_interaction" (ours, the default): the positive is an ad the same
       user clicked right before or after it in the training split (`unisid.pairs`; ads with none keep
       their second view), so the embedding, and the SIDs quantized from it, learn which ads follow each
       other. Needs the user sequences; L_sid's positives then also span both ads of a pair.
@@ -175,7 +175,7 @@ class UniSIDTrainConfig:
     sid_temperature: float = 0.1
     sid_space: str = "logits"
     emb_temperature: float = 0.05
-    emb_positives: str = "view"
+    emb_positives: str = "co_interaction"
     # views
     token_drop_prob: float = 0.1
     shuffle_attributes: bool = True
