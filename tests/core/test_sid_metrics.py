@@ -385,3 +385,36 @@ def test_plots_write_non_empty_pngs(tmp_path):
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["buckets.png", "usage.png", "vm.png", "vm_df.png"]
     with pytest.raises(ValueError, match="v_measure"):
         plot_v_measure({"m": sid_report(make_table())})
+
+
+def _two_world_sequences(seed: int = 0) -> pl.DataFrame:
+    """40 items in two worlds (ids 0-19, 20-39); each user clicks 6 items of one world."""
+    from unisid_pipeline.data.sequences import build_user_sequences
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(200):
+        base = 20 * (u % 2)
+        for t, a in enumerate(rng.choice(20, 6, replace=False) + base):
+            rows.append({"user_id": u, "ad_id": int(a), "timestamp": t})
+    return build_user_sequences(pl.DataFrame(rows))[0]
+
+
+def _table(level1: np.ndarray) -> pl.DataFrame:
+    n = len(level1)
+    raw = np.stack([level1, np.arange(n), np.zeros(n, dtype=np.int64)], axis=1)
+    return pl.DataFrame({"ad_id": np.arange(n), "codes": raw.tolist(), "raw_codes": raw.tolist()})
+
+
+def test_transition_proxy_rewards_codes_that_predict_the_next_item_and_ignores_row_order():
+    from unisid_pipeline.analysis.sid_metrics import transition_proxy_recall
+
+    seqs = _two_world_sequences()
+    ids = np.arange(40)
+    by_world = transition_proxy_recall(_table(ids // 20 * 4 + ids % 4), seqs)  # level 1 knows the world
+    mixed = transition_proxy_recall(_table(ids % 8), seqs)  # every code spans both worlds
+    assert by_world["seq_proxy_n_queries"] == 200
+    assert by_world["seq_proxy_r10"] > mixed["seq_proxy_r10"] + 0.1
+    shuffled = _table(ids // 20 * 4 + ids % 4).sample(fraction=1.0, shuffle=True, seed=3)
+    assert transition_proxy_recall(shuffled, seqs) == by_world
+    assert transition_proxy_recall(_table(ids % 8), seqs.drop("test_target")) == {}  # no test split: no figure

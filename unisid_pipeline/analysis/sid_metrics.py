@@ -23,7 +23,8 @@ Naming in `sid_report` (flat, MLflow-ready; levels are 1-based, `l1` = first cod
 - with embeddings: `nbr_k`, `nbr_n_queries`, `nbr_n_items`, `nbr_agree_l{l}`,
   `nbr_chance_l{l}` (probability that two random distinct items share the level-l prefix).
 - with sequences (user_sequences): `seq_n_pairs`, `seq_n_unmatched`, `seq_agree_l{l}` (share of
-  consecutive training interactions whose two items share the level-l prefix), `seq_chance_l{l}`.
+  consecutive training interactions whose two items share the level-l prefix), `seq_chance_l{l}`;
+  and, when the table also has `test_history` / `test_target`, `seq_proxy_r10` (`transition_proxy_recall`).
 Keys of the optional groups are absent (not NaN) when the input is not given.
 """
 from __future__ import annotations
@@ -583,6 +584,73 @@ def _transitions(
     return out
 
 
+PROXY_SMOOTHING = 5.0  # pseudo-transitions toward the marginal, per previous level-1 code
+
+
+def _proxy_recall(sorted_ad_ids: pl.Series, c1: np.ndarray, m: int, sequences: pl.DataFrame, items_column: str,
+                  k: int = 10) -> dict[str, float]:
+    """`transition_proxy_recall` on level-1 prefix ids c1 (n,) in [0, m) of the table's rows (ad_id order)."""
+    if not {"test_history", "test_target"} <= set(sequences.columns):
+        return {}
+    ids = sorted_ad_ids.cast(pl.Int64).to_numpy()
+    n = ids.size
+
+    def rows(a: np.ndarray) -> np.ndarray:
+        r = np.clip(np.searchsorted(ids, a), 0, n - 1)
+        return np.where(ids[r] == a, r, -1)
+    prev, nxt = _transition_pairs(sequences, items_column)
+    ra, rb = rows(prev), rows(nxt)
+    ok = (ra >= 0) & (rb >= 0)
+    ra, rb = ra[ok], rb[ok]
+    test = sequences.select(pl.col("test_history").list.last().alias("q"), pl.col("test_target").alias("t")).drop_nulls()
+    q, t = rows(test["q"].cast(pl.Int64).to_numpy()), rows(test["t"].cast(pl.Int64).to_numpy())
+    keep = (q >= 0) & (t >= 0)
+    q, t = q[keep], t[keep]
+    if ra.size == 0 or q.size == 0:
+        return {}
+    pop = np.bincount(ra, minlength=n) + np.bincount(rb, minlength=n) + 1.0  # training popularity, add-one
+    trans = np.zeros((m, m))
+    np.add.at(trans, (c1[ra], c1[rb]), 1.0)
+    marg = np.bincount(c1[rb], minlength=m) + 1.0
+    marg /= marg.sum()
+    p_next = (trans + PROXY_SMOOTHING * marg) / (trans.sum(1, keepdims=True) + PROXY_SMOOTHING)  # (m, m)
+    within = pop / np.bincount(c1, weights=pop, minlength=m)[c1]  # P(item | its level-1 code)
+    # the k most popular items of each code (ties: row order): the global top k is always among them
+    order = np.lexsort((np.arange(n), -within, c1))
+    start = np.searchsorted(c1[order], np.arange(m))
+    cand = np.full((m, k), -1, dtype=np.int64)
+    for j in range(k):
+        pos = start + j
+        valid = (pos < n) & (c1[order[np.minimum(pos, n - 1)]] == np.arange(m))
+        cand[valid, j] = order[pos[valid]]
+    cand_w = np.where(cand >= 0, within[np.maximum(cand, 0)], -1.0)  # (m, k); padding never ranks
+    scores = p_next[:, :, None] * cand_w[None, :, :]  # (m prev codes, m codes, k)
+    flat = scores.reshape(m, -1)
+    top = np.argsort(-flat, axis=1, kind="stable")[:, :k]  # (m, k) positions into (code, slot)
+    top_items = cand.reshape(-1)[top]  # (m, k)
+    hit = (top_items[c1[q]] == t[:, None]).any(1)
+    return {"seq_proxy_r10": _as_float(hit.mean()), "seq_proxy_n_queries": int(q.size)}
+
+
+def transition_proxy_recall(table: pl.DataFrame, sequences: pl.DataFrame, items_column: str = "train_items",
+                            column: str = "raw_codes") -> dict[str, float]:
+    """Recall@10 on the test split of a recommender that knows only the SID table's level-1 codes.
+
+    Every item is scored P(level-1 code of the item | level-1 code of the user's last history item) x
+    P(item | its level-1 code): the code transitions and the popularity come from the training
+    transitions of `sequences[items_column]`, with `PROXY_SMOOTHING` pseudo-counts toward the next-code
+    marginal; the query is `test_history[-1]`, the positive `test_target` (seq_proxy_n_queries pairs with
+    both ads in the table). It measures how much a table's first code says about the next item, at full
+    codebook use (a collapsed level 1 scores low, unlike `seq_agree`). A diagnostic, not a recommender: on
+    Amazon Beauty it ordered the SID tables as the TIGER recommender did (BENCHMARKS.md). Empty when the
+    sequences have no test columns.
+    """
+    table = _check_table(table)
+    arr = codes_matrix(table[column], column)
+    c1, m = prefix_ids(arr)[1]
+    return _proxy_recall(table["ad_id"], c1, m, sequences, items_column)
+
+
 def transition_agreement(
     table: pl.DataFrame,
     sequences: pl.DataFrame,
@@ -651,6 +719,7 @@ def sid_report(
         )
     if sequences is not None:
         out.update(_transitions(table["ad_id"], raw, sequences, items_column, pref))
+        out.update(_proxy_recall(table["ad_id"], *pref[1], sequences, items_column))
     return out
 
 
