@@ -139,6 +139,11 @@ def unisid_model(context: AssetExecutionContext, config: UniSIDRun, mlflow: Mlfl
                                           device=config.device, checkpoint_dir=ckpt_dir, on_step=on_step,
                                           on_epoch=on_epoch, partners=partners, retrieval_pairs=retrieval_pairs)
         train_s = time.perf_counter() - t0
+        for row in history.get("quantizer", []):  # sid_source="embedding_rq": the quantizer fitted on the embedding
+            run.log_metrics({f"quantizer.{k}_l{row['level']}": float(v) for k, v in row.items()
+                             if k in ("usage", "perplexity", "relative_residual_norm")})
+        context.log.info(f"unisid SIDs from {core.model.sid_source} ({'residual k-means on the UniSID embedding' if core.model.sid_source == 'embedding_rq' else 'argmax of the SID heads'}), "
+                         f"L_emb positives: {core.emb_positives}")
         codes, emb, last_logits = model.encode(raw_ads, batch_size=config.encode_batch_size, device=config.device)
         steps = history["step"]
         hist_cols = {"step": [r["step"] for r in steps], **{k: [r.get(k, float("nan")) for r in steps]

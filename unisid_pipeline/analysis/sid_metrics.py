@@ -491,6 +491,8 @@ def _neighbours(
         x = np.ascontiguousarray(emb[erow], dtype=np.float32)
     if not np.isfinite(x).all():
         raise ValueError("embeddings hold NaN or inf values")
+    if not x.flags.writeable:  # a read-only view (e.g. of a polars column): torch.from_numpy would warn
+        x = x.copy()
     if n == arr.shape[0] and pref_all is not None:  # every item matched, rows in the same order
         pref = [p[0] for p in pref_all[1:]]
     else:  # levels 1..L on the matched items

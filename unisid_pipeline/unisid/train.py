@@ -410,8 +410,8 @@ def train_unisid(
         t0 = time.perf_counter()
         _, emb, _ = model.encode_heads(ads, batch_size=config.encode_batch_size, device=str(dev), amp=use_amp)
         qh = model.fit_sid_quantizer(emb, seed=seed, device=str(dev))
-        history["quantizer"] = [{"level": i + 1, **{k: v[i] for k, v in qh.items() if k != "inertia_curve"}}
-                                for i in range(len(qh.get("level", [])))]
+        history["quantizer"] = [{**{k: v[i] for k, v in qh.items() if k != "inertia_curve"}, "level": i + 1}
+                                for i in range(len(qh.get("level", [])))]  # levels 1-based, as code_stats
         logger.info("SID quantizer (residual k-means on the UniSID embedding) fitted in %.1fs: usage per level %s",
                     time.perf_counter() - t0, [round(float(u), 3) for u in qh.get("usage", [])])
     return model, history
