@@ -46,3 +46,13 @@ def figure_metadata(figure: Any) -> MetadataValue:
     figure.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     data = base64.b64encode(buf.getvalue()).decode()
     return MetadataValue.md(f"![plot](data:image/png;base64,{data})")
+
+
+def device_in_use(context, requested: str, what: str) -> str:
+    """Resolve a config's `device` ("auto" = CUDA when present), say in the run's log which device `what`
+    uses, and return it (e.g. "cuda"); asking for a device that is not there fails with a clear error."""
+    from unisid_pipeline.seeding import resolve_device
+
+    dev = str(resolve_device(requested))
+    context.log.info(f"{what} runs on {dev}" + (f" (device '{requested}')" if requested != dev else ""))
+    return dev

@@ -7,7 +7,7 @@ from dagster import AssetExecutionContext, AssetIn, Config, MetadataValue, Outpu
 from pydantic import Field
 
 from assets.config import mirror, to_core
-from assets.metadata import figure_metadata, markdown_table, run_metadata
+from assets.metadata import device_in_use, figure_metadata, markdown_table, run_metadata
 from assets.resources import MlflowTracking
 from assets.tokenizers import loss_figure
 from unisid_pipeline.embeddings import frame_to_embeddings
@@ -37,7 +37,8 @@ def recommender_asset(method: str):
              sids: pl.DataFrame, user_sequences: pl.DataFrame) -> Output[dict]:
         base = to_core(config.model, RecommenderConfig)
         rows, models, curves = [], {}, {}
-        with mlflow.run_for(context, params={**base.to_dict(), "seeds": config.seeds, "method": method,
+        used = device_in_use(context, base.device, f"recommender_{method}")
+        with mlflow.run_for(context, params={**base.to_dict(), "seeds": config.seeds, "method": method, "device_used": used,
                                              "sid_model_version": sids["model_version"][0]}) as run:
             for seed in config.seeds:
                 cfg = RecommenderConfig.from_dict({**base.to_dict(), "seed": seed})

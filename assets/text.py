@@ -7,7 +7,7 @@ from dagster import AssetExecutionContext, Config, MetadataValue, Output, asset
 from pydantic import Field
 
 from assets.config import mirror, to_core
-from assets.metadata import markdown_table, run_metadata
+from assets.metadata import device_in_use, markdown_table, run_metadata
 from assets.resources import MlflowTracking, ProjectHome
 from unisid_pipeline import paths
 from unisid_pipeline.data.schema import ad_text
@@ -63,6 +63,8 @@ def ad_summaries(context: AssetExecutionContext, config: SummaryRun, mlflow: Mlf
         load_s = time.perf_counter() - t0
         params = {**core.__dict__, "model_id": summarizer.model_id, "backend": summarizer.backend,
                   "prompt_version": getattr(summarizer, "prompt_version", ""), "n_ads": raw_ads.height}
+        if summarizer.backend != "template":  # the template backend runs no model
+            params["device_used"] = device_in_use(context, core.device, f"the {summarizer.backend} summarizer")
         with mlflow.run_for(context, params=params) as run:
             t1 = time.perf_counter()
             table = summarize_ads(raw_ads, summarizer, cache, progress=_progress_logger(context, "summaries", run),
@@ -117,7 +119,8 @@ def ad_text_embeddings(context: AssetExecutionContext, config: EmbeddingRun, mlf
         context.log.warning(f"text embeddings from {encoder.model_id}: a hashed bag-of-words, NOT a sentence model")
     texts = ad_text(raw_ads).to_list()
     ad_ids = raw_ads["ad_id"].to_list()
-    with mlflow.run_for(context, params={**core.__dict__, "model_id": encoder.model_id, "n_ads": len(ad_ids)}) as run:
+    with mlflow.run_for(context, params={**core.__dict__, "model_id": encoder.model_id, "n_ads": len(ad_ids),
+                                         "device_used": device_in_use(context, core.device, "the text encoder")}) as run:
         t0 = time.perf_counter()
         con = cache_connect(paths.cache_db(project_home.root))
         try:

@@ -16,7 +16,7 @@ from dagster import AssetExecutionContext, AssetIn, Config, MetadataValue, Outpu
 from pydantic import Field
 
 from assets.config import mirror, to_core
-from assets.metadata import figure_metadata, markdown_table, run_metadata, table_metadata
+from assets.metadata import device_in_use, figure_metadata, markdown_table, run_metadata, table_metadata
 from assets.resources import MlflowTracking
 from unisid_pipeline.artifacts import TrainedTokenizer, array_fingerprint, behaviour_fingerprint, state_fingerprint
 from unisid_pipeline.embeddings import frame_to_embeddings
@@ -35,7 +35,7 @@ def run_config(core_cls: type, name: str, doc: str) -> type[Config]:
         name, __base__=Config, __doc__=doc,
         model=(model_cfg, Field(default_factory=model_cfg, description=f"{core_cls.__name__} settings")),
         seed=(int, Field(0, description="seed for torch, numpy and Python")),
-        device=(str, Field("cpu", description="cpu, cuda, cuda:N or auto")),
+        device=(str, Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N")),
         register_model=(bool, Field(True, description="log and register the model in the MLflow model registry")),
     )
 
@@ -85,7 +85,8 @@ def _fit_rq_tokenizer(context: AssetExecutionContext, config: Config, mlflow: Ml
     """
     core = to_core(config.model, core_cls)
     ad_ids, x = frame_to_embeddings(frame)
-    params = {**core.__dict__, "seed": config.seed, "device": config.device, "n_items": len(ad_ids), "dim": x.shape[1]}
+    params = {**core.__dict__, "seed": config.seed, "device": config.device, "n_items": len(ad_ids), "dim": x.shape[1],
+              "device_used": device_in_use(context, config.device, context.asset_key.to_user_string())}
     with mlflow.run_for(context, params=params) as run:
         t0 = time.perf_counter()
 

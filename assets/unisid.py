@@ -15,7 +15,7 @@ from pydantic import Field
 
 from assets.config import mirror, to_core
 from assets.launch import Launcher, check_launcher, fresh_dir, read_history, run_pipes, torchrun_command
-from assets.metadata import figure_metadata, markdown_table, run_metadata
+from assets.metadata import device_in_use, figure_metadata, markdown_table, run_metadata
 from assets.resources import MlflowTracking, ProjectHome
 from assets.tokenizers import GROUP, finish_tokenizer, loss_figure, sid_table_asset
 from unisid_pipeline.artifacts import TrainedTokenizer, array_fingerprint
@@ -29,7 +29,7 @@ UniSIDRun = pydantic.create_model(
     "UniSIDRun", __base__=Config, __doc__="UniSID training (losses switchable for ablations).",
     train=(_TC, Field(default_factory=_TC, description="UniSIDTrainConfig: model, losses, optimiser, checkpoints")),
     seed=(int, Field(0, description="seed for torch, numpy and Python")),
-    device=(str, Field("cpu", description="cpu, cuda, cuda:N or auto")),
+    device=(str, Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N")),
     register_model=(bool, Field(True, description="log and register the model in the MLflow model registry")),
     encode_batch_size=(int, Field(64, description="ads per batch when encoding the catalog after training")),
     launcher=(Launcher, Field("in_process", description=(
@@ -104,7 +104,8 @@ def unisid_model(context: AssetExecutionContext, config: UniSIDRun, mlflow: Mlfl
     recipe_id = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
     ckpt_dir = project_home.sub("checkpoints", "unisid", recipe_id)
     params = {"train": core.to_dict() if hasattr(core, "to_dict") else config.train.model_dump(), "seed": config.seed,
-              "device": config.device, "n_ads": raw_ads.height, "checkpoint_dir": str(ckpt_dir),
+              "device": config.device, "device_used": device_in_use(context, config.device, "unisid_model"),
+              "n_ads": raw_ads.height, "checkpoint_dir": str(ckpt_dir),
               "launcher": config.launcher, "world_size": world,
               "summary_backend": ad_summaries["backend"][0] if "backend" in ad_summaries.columns else "unknown"}
     with mlflow.run_for(context, params=params) as run:

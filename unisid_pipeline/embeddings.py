@@ -52,7 +52,7 @@ class TextEncoderConfig:
     the CPU; it measures word overlap, not meaning, and its model_id says so."""
 
     model_dir: str | None = None
-    device: str = "cpu"
+    device: str = "auto"
     batch_size: int = 64
     max_length: int = 128
     backend: str = "transformers"

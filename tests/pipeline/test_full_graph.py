@@ -33,11 +33,15 @@ RUN_CONFIG = {"ops": {
 
 
 @pytest.fixture(scope="module")
-def materialized(tmp_path_factory):
+def instance():
+    return DagsterInstance.ephemeral()
+
+
+@pytest.fixture(scope="module")
+def materialized(tmp_path_factory, instance):
     home = tmp_path_factory.mktemp("home")
     defs = build_definitions(home=str(home))
-    result = defs.resolve_job_def("full_pipeline").execute_in_process(run_config=RUN_CONFIG,
-                                                                      instance=DagsterInstance.ephemeral())
+    result = defs.resolve_job_def("full_pipeline").execute_in_process(run_config=RUN_CONFIG, instance=instance)
     return home, result
 
 
@@ -191,3 +195,19 @@ def meta_png(markdown: str) -> bool:
 
     m = re.fullmatch(r"!\[plot\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown)
     return bool(m) and base64.b64decode(m.group(1)).startswith(b"\x89PNG")
+
+
+def test_every_model_stage_says_which_device_it_used(materialized, instance):
+    """device defaults to 'auto': each stage that runs a model logs the device it resolved to and records it in
+    its MLflow run (here, without a GPU: the CPU)."""
+    import torch
+
+    home, result = materialized
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    messages = [e.user_message for e in instance.all_logs(result.run_id)]
+    for what in ("the text encoder", "rq_kmeans_model", "rq_vae_model", "unisid_model", "recommender_unisid"):
+        assert any(m == f"{what} runs on {expected} (device 'auto')" for m in messages), what
+    client = MlflowClient(tracking_uri=paths.mlflow_uri(home))
+    runs = client.search_runs([client.get_experiment_by_name("unisid_pipeline").experiment_id])
+    used = {r.data.tags["dagster.asset_key"]: r.data.params.get("device_used") for r in runs}
+    assert {used[a] for a in ("ad_text_embeddings", "rq_kmeans_model", "unisid_model", "recommender_rq_vae")} == {expected}

@@ -363,7 +363,7 @@ class SummarizerConfig:
     backend: str = "transformers"
     model_dir: str | None = None
     gguf_file: str | None = None
-    device: str = "cpu"
+    device: str = "auto"
     batch_size: int = 16
     max_new_tokens: int = 64
     seed: int = 0

@@ -98,7 +98,7 @@ class RecommenderConfig:
     length_pool_batches: int = 8
     compile_length_step: int | None = None
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         positive = (
