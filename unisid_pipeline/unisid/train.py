@@ -410,6 +410,11 @@ def train_unisid(
         t0 = time.perf_counter()
         _, emb, _ = model.encode_heads(ads, batch_size=config.encode_batch_size, device=str(dev), amp=use_amp)
         qh = model.fit_sid_quantizer(emb, seed=seed, device=str(dev))
+        if ctx.enabled:  # same seed and data on every rank, but GPU k-means need not be bitwise equal: take rank 0's
+            import torch.distributed as dist
+
+            for t in model.sid_quantizer.state_dict().values():
+                dist.broadcast(t, src=0)
         history["quantizer"] = [{**{k: v[i] for k, v in qh.items() if k != "inertia_curve"}, "level": i + 1}
                                 for i in range(len(qh.get("level", [])))]  # levels 1-based, as code_stats
         logger.info("SID quantizer (residual k-means on the UniSID embedding) fitted in %.1fs: usage per level %s",
