@@ -14,16 +14,12 @@ from collections.abc import Sequence
 import numpy as np
 import polars as pl
 
+from unisid_pipeline.data.sequences import consecutive_clicks
+
 
 def click_pairs(sequences: pl.DataFrame, max_pairs: int, seed: int) -> np.ndarray:
     """(m, 2) ad_id pairs of consecutive distinct training clicks, at most `max_pairs`, sampled with `seed`."""
-    pairs = (
-        sequences.select(pl.col("train_items").alias("a"), pl.col("train_items").list.slice(1).alias("b"))
-        .with_columns(pl.col("a").list.head(pl.col("b").list.len()))
-        .explode(["a", "b"])
-        .drop_nulls()
-        .filter(pl.col("a") != pl.col("b"))
-    )
+    pairs = consecutive_clicks(sequences)
     arr = pairs.select("a", "b").to_numpy().astype(np.int64)
     if len(arr) > max_pairs:
         arr = arr[np.sort(np.random.default_rng(seed).choice(len(arr), max_pairs, replace=False))]

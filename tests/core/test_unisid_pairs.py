@@ -17,17 +17,9 @@ from unisid_pipeline.retrieval import heldout_pairs
 from unisid_pipeline.unisid import UniSIDConfig, UniSIDTrainConfig, train_unisid
 from unisid_pipeline.unisid.losses import embedding_infonce_loss, pair_infonce_loss, pair_labels, two_view_labels
 from unisid_pipeline.unisid.pairs import co_interaction_partners, sample_partners, transition_pairs
-from tests.core.test_unisid import labels_of, make_ads
+from tests.core.test_unisid import _one_thread, labels_of, make_ads  # noqa: F401 (autouse fixture: one thread)
 
 MODEL = UniSIDConfig(backbone="tiny", codebook_size=4, emb_dim=16, max_length=64, sid_source="embedding_rq")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def seqs_of(rows: dict[int, list[int]]) -> pl.DataFrame:

@@ -48,3 +48,17 @@ def build_user_sequences(interactions: pl.DataFrame, max_history: int = 20, min_
         "mean_length": float(seqs["__n"].mean()) if seqs.height else 0.0,
     }
     return out, info
+
+
+def consecutive_clicks(sequences: pl.DataFrame, column: str = "train_items") -> pl.DataFrame:
+    """(a, b) ad_id pairs of each user's consecutive, distinct items in `column` (default: the training
+    clicks of the leave-one-out split, so no validation or test target appears)."""
+    if column not in sequences.columns:
+        raise ValueError(f"sequences lacks the column {column!r}: pass the user_sequences table")
+    return (
+        sequences.select(pl.col(column).alias("a"), pl.col(column).list.slice(1).alias("b"))
+        .with_columns(pl.col("a").list.head(pl.col("b").list.len()))
+        .explode(["a", "b"])
+        .drop_nulls()
+        .filter(pl.col("a") != pl.col("b"))
+    )

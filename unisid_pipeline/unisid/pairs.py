@@ -12,6 +12,8 @@ from typing import NamedTuple
 import numpy as np
 import polars as pl
 
+from unisid_pipeline.data.sequences import consecutive_clicks
+
 
 class Partners(NamedTuple):
     """CSR lists: the partners of ad row i are rows values[offsets[i]:offsets[i + 1]] (int64)."""
@@ -31,15 +33,7 @@ def transition_pairs(ad_ids: np.ndarray, sequences: pl.DataFrame) -> np.ndarray:
     """(m, 2) row indices into `ad_ids` of consecutive distinct training clicks (both ads known).
 
     sequences: the `user_sequences` table (needs `train_items`)."""
-    if "train_items" not in sequences.columns:
-        raise ValueError("sequences lacks the column 'train_items': pass the user_sequences table")
-    pairs = (
-        sequences.select(pl.col("train_items").alias("a"), pl.col("train_items").list.slice(1).alias("b"))
-        .with_columns(pl.col("a").list.head(pl.col("b").list.len()))
-        .explode(["a", "b"])
-        .drop_nulls()
-        .filter(pl.col("a") != pl.col("b"))
-    )
+    pairs = consecutive_clicks(sequences)
     rows = pl.DataFrame({"ad_id": np.asarray(ad_ids, dtype=np.int64), "row": np.arange(len(ad_ids), dtype=np.int64)})
     joined = (pairs.join(rows.rename({"ad_id": "a", "row": "ra"}), on="a", how="inner")
               .join(rows.rename({"ad_id": "b", "row": "rb"}), on="b", how="inner"))
