@@ -19,7 +19,7 @@ from dagster import (
 from pydantic import Field
 
 from assets.metadata import figure_metadata, run_metadata
-from assets.resources import MlflowTracking, ProjectHome
+from assets.resources import MlflowTracking, ProjectHome, optional_input
 from unisid_pipeline.analysis import compare_methods, markdown_summary, sid_report
 from unisid_pipeline.analysis.plots import plot_bucket_sizes, plot_codebook_usage, plot_v_measure, save_png
 from unisid_pipeline.embeddings import frame_to_embeddings
@@ -36,15 +36,20 @@ class ReportConfig(Config):
 
 
 @asset(group_name="analysis", kinds={"polars", "duckdb", "mlflow"}, owners=["team:analysis"], tags={"stage": "analysis"},
-       ins={**{f"{m}_sids": AssetIn() for m in SID_METHODS}, "ad_hierarchy_labels": AssetIn(), "ad_text_embeddings": AssetIn(),
+       ins={**{f"{m}_sids": optional_input(f"{m}_sids") for m in SID_METHODS}, "ad_hierarchy_labels": AssetIn(), "ad_text_embeddings": AssetIn(),
             "user_sequences": AssetIn()})
 def sid_collision_report(context: AssetExecutionContext, config: ReportConfig, mlflow: MlflowTracking,
                          project_home: ProjectHome, ad_hierarchy_labels: pl.DataFrame, ad_text_embeddings: pl.DataFrame,
-                         user_sequences: pl.DataFrame, **sid_tables: pl.DataFrame) -> Output[pl.DataFrame]:
+                         user_sequences: pl.DataFrame, **sid_tables: pl.DataFrame | None) -> Output[pl.DataFrame]:
     """One row per SID method: collision rate before/after resolution, group sizes, per-level utilization,
     entropy, perplexity, Gini, prefix fan-out, V-measure per level against the hierarchy, neighbour agreement,
-    and transition agreement (consecutive training interactions sharing a SID prefix, `seq_agree_l*`)."""
-    tables = {name.removesuffix("_sids"): t for name, t in sid_tables.items()}
+    and transition agreement (consecutive training interactions sharing a SID prefix, `seq_agree_l*`). Compares
+    whichever SID tables are materialized (at least one)."""
+    tables = {name.removesuffix("_sids"): t for name, t in sid_tables.items() if t is not None}
+    if not tables:
+        raise ValueError("no SID table has been materialized: run e.g. `dagster asset materialize --select "
+                         "'+rq_kmeans_sids'` first")
+    context.log.info(f"SID tables compared: {', '.join(tables)} (methods not materialized are left out)")
     ad_ids, x = frame_to_embeddings(ad_text_embeddings)
     with mlflow.run_for(context, params={**config.model_dump(), "methods": list(tables)}) as run:
         reports = {}

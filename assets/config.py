@@ -10,13 +10,16 @@ import typing
 from typing import Any, Literal, TypeVar
 
 import pydantic
-from dagster import Config
+from dagster import Config, ConfigMapping
 from pydantic import Field
 
 from unisid_pipeline.data.ingest import IngestionConfig
 from unisid_pipeline.data.synthetic import SyntheticWorldConfig
 
 T = TypeVar("T")
+
+DEVICE_HELP = ("'auto' (default) = the device of the `compute` resource (itself 'auto' = CUDA when present); "
+               "or this stage's own: cpu, cuda, cuda:N, mps")
 
 _S = SyntheticWorldConfig()
 
@@ -106,7 +109,7 @@ def mirror(core_cls: type, descriptions: dict[str, str] | None = None) -> type[C
     fields: dict[str, Any] = {}
     for f in dataclasses.fields(core_cls):
         tp = _mirror_type(hints[f.name])
-        desc = descriptions.get(f.name, f"{core_cls.__name__}.{f.name} (see unisid_pipeline docs)")
+        desc = descriptions.get(f.name, DEVICE_HELP if f.name == "device" else f"{core_cls.__name__}.{f.name} (see unisid_pipeline docs)")
         if f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
         else:
@@ -145,10 +148,24 @@ def check_config(cfg: Config, where: str) -> None:
             raise ValueError(f"invalid run config {where}: {exc}") from None
 
 
+def graph_config(cls: type[Config], op_name: str) -> ConfigMapping:
+    """The run config of a graph-backed asset: `cls`'s fields at ops.<asset>.config, handed to its op `op_name`."""
+
+    def to_ops(values: dict[str, Any]) -> dict[str, Any]:
+        return {op_name: {"config": values}}
+
+    to_ops.config_class = cls  # read by op_config_classes: the launch-time check validates it like an op's
+    return ConfigMapping(config_fn=to_ops, config_schema=cls.to_config_schema())
+
+
 def op_config_classes(assets_defs: list[Any]) -> dict[str, type[Config]]:
     """op name -> the Config class of its `config` argument, for the given asset definitions."""
     out = {}
     for a in assets_defs:
+        mapping = getattr(a.node_def, "config_mapping", None)
+        if mapping is not None:  # graph-backed asset (graph_config)
+            out[a.node_def.name] = mapping.config_fn.config_class
+            continue
         param = inspect.signature(a.op.compute_fn.decorated_fn).parameters.get("config")
         if param is not None and isinstance(param.annotation, type):
             out[a.op.name] = param.annotation

@@ -1,11 +1,11 @@
 """Build the Dagster Definitions (resources bound to one project home)."""
 from __future__ import annotations
 
-from dagster import AssetSelection, Definitions, PipesSubprocessClient, define_asset_job, in_process_executor
+from dagster import AssetSelection, Definitions, PipesSubprocessClient, define_asset_job, multi_or_in_process_executor
 
 from assets import analysis, incremental, ingestion, labels, recommender, sensors, text, tokenizers, unisid
 from assets.analysis import SidCheckThresholds
-from assets.resources import MlflowTracking, ProjectHome, WarehouseIOManager
+from assets.resources import ComputeDevice, MlflowTracking, ProjectHome, StepIOManager, WarehouseIOManager
 from assets.sensors import IncomingAds
 
 ALL_ASSETS = [*ingestion.ASSETS, *text.ASSETS, *labels.ASSETS, *tokenizers.ASSETS, *unisid.ASSETS,
@@ -38,9 +38,13 @@ def build_definitions(home: str = "", tracking_uri: str = "") -> Definitions:
         asset_checks=ALL_CHECKS,
         jobs=jobs,
         sensors=sensors.SENSORS,
-        executor=in_process_executor,
+        # run config `execution: {config: {in_process: {}}}` (configs/demo.yaml) or `{multiprocess: {max_concurrent: N}}`
+        # (the default; configs/beauty.yaml trains the recommender seeds side by side on one GPU)
+        executor=multi_or_in_process_executor,
         resources={
             "io_manager": WarehouseIOManager(home=home),
+            "step_io_manager": StepIOManager(home=home),
+            "compute": ComputeDevice(),
             "mlflow": MlflowTracking(home=home, tracking_uri=tracking_uri),
             "project_home": ProjectHome(path=home),
             "sid_check_thresholds": SidCheckThresholds(),

@@ -48,11 +48,11 @@ def figure_metadata(figure: Any) -> MetadataValue:
     return MetadataValue.md(f"![plot](data:image/png;base64,{data})")
 
 
-def device_in_use(context, requested: str, what: str) -> str:
-    """Resolve a config's `device` ("auto" = CUDA when present), say in the run's log which device `what`
-    uses, and return it (e.g. "cuda"); asking for a device that is not there fails with a clear error."""
-    from unisid_pipeline.seeding import resolve_device
-
-    dev = str(resolve_device(requested))
-    context.log.info(f"{what} runs on {dev}" + (f" (device '{requested}')" if requested != dev else ""))
+def device_in_use(context, compute, requested: str, what: str) -> str:
+    """The device `what` runs on (a stage's `device`; 'auto' = the `compute` resource's device, whose own
+    'auto' = CUDA when present), said in the run's log and returned (e.g. "cuda"). A device that is not
+    there fails with a clear error."""
+    dev = compute.resolve(requested)
+    chain = f"device '{requested}'" + (f", compute resource '{compute.device}'" if requested == "auto" else "")
+    context.log.info(f"{what} runs on {dev} ({chain})")
     return dev

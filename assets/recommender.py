@@ -3,12 +3,26 @@ import time
 
 import polars as pl
 import pydantic
-from dagster import AssetExecutionContext, AssetIn, Config, MetadataValue, Output, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetIn,
+    Config,
+    DynamicOut,
+    DynamicOutput,
+    MetadataValue,
+    OpExecutionContext,
+    Out,
+    Output,
+    RetryPolicy,
+    asset,
+    graph_asset,
+    op,
+)
 from pydantic import Field
 
-from assets.config import mirror, to_core
+from assets.config import graph_config, mirror, to_core
 from assets.metadata import device_in_use, figure_metadata, markdown_table, run_metadata
-from assets.resources import MlflowTracking
+from assets.resources import ComputeDevice, MlflowTracking, ProjectHome, optional_input
 from assets.tokenizers import loss_figure
 from unisid_pipeline.embeddings import frame_to_embeddings
 from unisid_pipeline.recommender import RecommenderConfig, evaluate_recommender, train_recommender
@@ -21,59 +35,110 @@ SID_METHODS = ("rq_kmeans", "rq_vae", "unisid")
 METRICS = ("recall@1", "recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "mrr")
 
 _RC = mirror(RecommenderConfig)
+def _check_seeds(seeds: list[int]) -> list[int]:
+    if not seeds:
+        raise ValueError("seeds is empty: give at least one seed, e.g. seeds: [0]")
+    if len(set(seeds)) < len(seeds) or min(seeds) < 0:
+        raise ValueError(f"seeds must be distinct non-negative ints, got {seeds}")
+    return seeds
+
+
 RecommenderRun = pydantic.create_model(
     "RecommenderRun", __base__=Config, __doc__="TIGER-style recommender training; one model per seed.",
+    __validators__={"seeds_ok": pydantic.field_validator("seeds")(_check_seeds)},
     model=(_RC, Field(default_factory=_RC, description="RecommenderConfig (its seed is replaced by each of seeds)")),
-    seeds=(list[int], Field([0], description="one model per seed; downstream_eval reports mean ± std")),
+    seeds=(list[int], Field([0], description="one model per seed, each its own retried step and MLflow run; "
+                            "downstream_eval reports mean ± std")),
 )
+SEED_RETRIES = RetryPolicy(max_retries=2, delay=2)  # a retried seed resumes from its last validated epoch
 
 
 def recommender_asset(method: str):
-    @asset(name=f"recommender_{method}", group_name=GROUP, kinds={"torch", "mlflow"}, owners=["team:recommender"],
-           tags={"stage": "recommender"}, ins={"sids": AssetIn(f"{method}_sids"), "user_sequences": AssetIn()},
-           description=f"TIGER-style T5 trained on {method} SIDs (constrained beam search over valid SIDs, item-level "
-                       "leave-one-out evaluation); one model per seed, with per-seed test metrics.")
-    def _rec(context: AssetExecutionContext, config: RecommenderRun, mlflow: MlflowTracking,
-             sids: pl.DataFrame, user_sequences: pl.DataFrame) -> Output[dict]:
+    """recommender_<method>: a graph-backed asset. `<name>_seeds` fans out one `<name>_seed` step per seed
+    (own MLflow run, checkpoints under <home>/checkpoints/recommender/<method>/, retried by SEED_RETRIES);
+    `<name>_summary` gathers the seeds into the asset's value and its MLflow run (the seeds' parent)."""
+    name = f"recommender_{method}"
+
+    @op(name=f"{name}_seeds", out=DynamicOut(dict, io_manager_key="step_io_manager"), tags={"stage": "recommender"})
+    def plan(context: OpExecutionContext, config: RecommenderRun, compute: ComputeDevice):
+        """One training step per seed of `seeds`, on the device the compute resource resolves."""
         base = to_core(config.model, RecommenderConfig)
-        rows, models, curves = [], {}, {}
-        used = device_in_use(context, base.device, f"recommender_{method}")
-        with mlflow.run_for(context, params={**base.to_dict(), "seeds": config.seeds, "method": method, "device_used": used,
-                                             "sid_model_version": sids["model_version"][0]}) as run:
-            for seed in config.seeds:
-                cfg = RecommenderConfig.from_dict({**base.to_dict(), "seed": seed})
-                t0 = time.perf_counter()
+        used = device_in_use(context, compute, base.device, name)
+        for seed in config.seeds:
+            yield DynamicOutput({**base.to_dict(), "seed": seed, "device": used}, mapping_key=f"seed{seed}")
 
-                def on_epoch(row: dict, seed=seed) -> None:
-                    valid = row.get("valid_recall@10")
-                    context.log.info(f"{method} seed {seed} epoch {row['epoch']}: loss {row['train_loss']:.4f}"
-                                     + (f", valid R@10 {valid:.4f}" if valid is not None else ""))
-                    run.log_metrics({f"seed{seed}.{k}": v for k, v in row.items()
-                                     if isinstance(v, (int, float)) and k not in ("epoch", "step")}, step=int(row["epoch"]))
+    @op(name=f"{name}_seed", out=Out(dict, io_manager_key="step_io_manager"), retry_policy=SEED_RETRIES,
+        tags={"stage": "recommender"})
+    def train_seed(context: OpExecutionContext, mlflow: MlflowTracking, project_home: ProjectHome, spec: dict,
+                   sids: pl.DataFrame, user_sequences: pl.DataFrame) -> dict:
+        """Train and test one seed; a retry resumes from the seed's checkpoint."""
+        cfg = RecommenderConfig.from_dict(spec)
+        seed = cfg.seed
+        if context.retry_number:
+            context.log.info(f"{method} seed {seed}: attempt {context.retry_number + 1}, resuming from its checkpoint")
+        version = sids["model_version"][0]
+        with mlflow.run_for(context, params={**cfg.to_dict(), "method": method, "device_used": cfg.device,
+                                             "sid_model_version": version},
+                            tags={"method": method, "seed": str(seed)}, name_suffix=f"-seed{seed}") as run:
+            t0 = time.perf_counter()
 
-                model, history = train_recommender(cfg, sids, user_sequences, on_epoch=on_epoch)
-                train_s = time.perf_counter() - t0
-                test = evaluate_recommender(model, user_sequences, split="test")
-                context.log.info(f"{method} seed {seed}: test " + ", ".join(f"{k} {test[k]:.4f}" for k in METRICS))
-                run.log_metrics({f"seed{seed}.test_{k}": test[k] for k in METRICS})
-                rows.append({"method": method, "seed": seed, **{k: float(test[k]) for k in METRICS},
-                             "epochs_run": len(history),
-                             "train_seconds": train_s, "eval_users_per_s": float(test.get("users_per_s", 0.0))})
-                models[seed] = model.to_checkpoint()
-                curves[f"seed{seed}_train_loss"] = [r["train_loss"] for r in history]
-            results = pl.DataFrame(rows)
+            def on_epoch(row: dict) -> None:
+                valid = row.get("valid_recall@10")
+                context.log.info(f"{method} seed {seed} epoch {row['epoch']}: loss {row['train_loss']:.4f}"
+                                 + (f", valid R@10 {valid:.4f}" if valid is not None else ""))
+                run.log_metrics({k: v for k, v in row.items() if isinstance(v, (int, float)) and k not in ("epoch", "step")},
+                                step=int(row["epoch"]))
+
+            model, history = train_recommender(cfg, sids, user_sequences, on_epoch=on_epoch,
+                                               checkpoint_dir=project_home.sub("checkpoints", "recommender", method))
+            train_s = time.perf_counter() - t0
+            test = evaluate_recommender(model, user_sequences, split="test")
+            context.log.info(f"{method} seed {seed}: test " + ", ".join(f"{k} {test[k]:.4f}" for k in METRICS))
+            run.log_metrics({f"test_{k}": test[k] for k in METRICS})
+        best = max((r for r in history if r["evaluated"]), key=lambda r: (r["valid_recall@10"], r["valid_ndcg@10"]))
+        row = {"method": method, "seed": seed, **{k: float(test[k]) for k in METRICS}, "epochs_run": len(history),
+               "best_epoch": int(best["epoch"]), "train_seconds": round(train_s, 1),
+               "eval_users_per_s": round(float(test.get("users_per_s", 0.0)), 1)}
+        return {"row": row, "checkpoint": model.to_checkpoint(), "train_loss": [r["train_loss"] for r in history],
+                "mlflow_run_id": run.run_id}
+
+    @op(name=f"{name}_summary", tags={"stage": "recommender"})
+    def summary(context: OpExecutionContext, mlflow: MlflowTracking, seeds: list[dict], sids: pl.DataFrame) -> Output[dict]:
+        """The seeds side by side: the asset's value (per-seed test metrics and models) and MLflow run."""
+        seeds = sorted(seeds, key=lambda r: r["row"]["seed"])
+        results = pl.DataFrame([r["row"] for r in seeds])
+        version = sids["model_version"][0]
+        with mlflow.run_for(context, params={"method": method, "seeds": results["seed"].to_list(),
+                                             "sid_model_version": version}) as run:
+            for r in seeds:  # the seeds' runs show nested under this one in the MLflow UI
+                run.client.set_tag(r["mlflow_run_id"], "mlflow.parentRunId", run.run_id)
+            run.log_metrics({f"test_{k}_{stat}": float(getattr(results[k], stat)() or 0.0)
+                             for k in METRICS for stat in ("mean", "std")})
             run.log_table(results, "test_metrics.parquet")
+            curves = {f"seed{r['row']['seed']}_train_loss": r["train_loss"] for r in seeds}
             n = max(len(c) for c in curves.values())
             fig = loss_figure({"epoch": list(range(1, n + 1)),
                                **{k: c + [float("nan")] * (n - len(c)) for k, c in curves.items()}},
                               "epoch", list(curves), f"Recommender on {method} SIDs: training loss")
             run.log_figure(fig, "loss_curve.png")
             meta = run_metadata(run, mlflow.ui_base)
-        return Output({"method": method, "results": results, "checkpoints": models,
-                       "sid_model_version": sids["model_version"][0]},
+        context.log.info(f"{method}: {len(seeds)} seed(s), test R@10 {results['recall@10'].mean():.4f}, "
+                         f"N@10 {results['ndcg@10'].mean():.4f}")
+        return Output({"method": method, "results": results, "checkpoints": {r["row"]["seed"]: r["checkpoint"] for r in seeds},
+                       "sid_model_version": version},
                       metadata={**meta, "test_metrics": MetadataValue.md(markdown_table(results)),
-                                "loss_curve": figure_metadata(fig),
-                                **{f"test_{k}": float(results[k].mean()) for k in ("recall@10", "ndcg@10")}})
+                                "loss_curve": figure_metadata(fig), "seeds": results.height,
+                                **{f"test_{k}": round(float(results[k].mean()), 4) for k in ("recall@10", "ndcg@10")}})
+
+    @graph_asset(name=name, group_name=GROUP, kinds={"torch", "mlflow"}, owners=["team:recommender"],
+                 tags={"stage": "recommender"}, ins={"sids": AssetIn(f"{method}_sids"), "user_sequences": AssetIn()},
+                 config=graph_config(RecommenderRun, plan.name),
+                 description=f"TIGER-style T5 trained on {method} SIDs (constrained beam search over valid SIDs, item-level "
+                             "leave-one-out evaluation); one step, MLflow run and model per seed, retried and resumed "
+                             "from its checkpoint on failure, gathered with per-seed test metrics.")
+    def _rec(sids, user_sequences):
+        runs = plan().map(lambda spec: train_seed(spec, sids, user_sequences))
+        return summary(runs.collect(), sids)
 
     return _rec
 
@@ -89,10 +154,16 @@ class EvalConfig(Config):
 
 
 @asset(group_name=GROUP, kinds={"polars", "duckdb", "mlflow"}, owners=["team:recommender"], tags={"stage": "evaluation"},
-       ins={f"recommender_{m}": AssetIn() for m in SID_METHODS})
+       ins={f"recommender_{m}": optional_input(f"recommender_{m}") for m in SID_METHODS})
 def downstream_eval(context: AssetExecutionContext, config: EvalConfig, mlflow: MlflowTracking,
-                    **recommenders: dict) -> Output[pl.DataFrame]:
-    """All SID methods side by side on the downstream task: mean ± std over seeds of Recall@1/5/10/20, NDCG@5/10, MRR."""
+                    **recommenders: dict | None) -> Output[pl.DataFrame]:
+    """The SID methods side by side on the downstream task: mean ± std over seeds of Recall@1/5/10/20, NDCG@5/10,
+    MRR. Compares whichever recommenders are materialized (at least one)."""
+    recommenders = {k: r for k, r in recommenders.items() if r is not None}
+    if not recommenders:
+        raise ValueError("no recommender has been materialized: run e.g. `dagster asset materialize --select "
+                         "'recommender_rq_kmeans'` (or '*') first")
+    context.log.info("comparing " + ", ".join(f"{r['method']} ({r['results'].height} seed(s))" for r in recommenders.values()))
     per_seed = pl.concat([r["results"] for r in recommenders.values()], how="diagonal_relaxed")
     table = summarize_runs(per_seed, METRICS)
     best = table.sort(f"{config.champion_metric}_mean", descending=True)["method"][0]

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from dagster import ConfigurableIOManager, ConfigurableResource, InitResourceContext, InputContext, OutputContext
+from dagster import AssetIn, ConfigurableIOManager, ConfigurableResource, InitResourceContext, InputContext, OutputContext
 from pydantic import Field
 
 from assets.config import check_run_config, op_config_classes
@@ -29,6 +29,14 @@ class ProjectHome(ConfigurableResource):
         p = self.root.joinpath(*parts)
         p.mkdir(parents=True, exist_ok=True)
         return p
+
+
+OPTIONAL_INPUT = "unisid/optional"  # AssetIn metadata: load None, not an error, when the upstream asset is absent
+
+
+def optional_input(key: str) -> AssetIn:
+    """An asset input that may be missing (e.g. one of several methods not trained yet): the asset gets None."""
+    return AssetIn(key, metadata={OPTIONAL_INPUT: True})
 
 
 class WarehouseIOManager(ConfigurableIOManager):
@@ -65,10 +73,54 @@ class WarehouseIOManager(ConfigurableIOManager):
         try:
             return warehouse.read_table(self._db(), name, lock_timeout_s=self.lock_timeout_s)
         except KeyError:
+            if (context.definition_metadata or {}).get(OPTIONAL_INPUT):
+                context.log.info(f"{'/'.join(key)} has not been materialized: left out")
+                return None
             raise FileNotFoundError(
                 f"asset {'/'.join(key)} has not been materialized in {self._db().parent}; "
                 f"run `dagster asset materialize --select {'/'.join(key)}` (or its upstream) first"
             ) from None
+
+
+class StepIOManager(ConfigurableIOManager):
+    """Outputs of the ops inside a graph-backed asset (e.g. one recommender seed): atomic pickles under
+    <home>/steps/<run id>/, readable by later steps in other processes and by a retried or re-executed run."""
+
+    home: str = ""
+
+    def _path(self, run_id: str, step_key: str, output: str, mapping_key: str | None) -> Path:
+        name = f"{step_key}.{output}" + (f"[{mapping_key}]" if mapping_key and mapping_key not in step_key else "")
+        return paths.project_home(self.home or None) / "steps" / run_id / f"{name}.pkl"
+
+    def handle_output(self, context: OutputContext, obj: Any) -> None:
+        path = self._path(context.run_id, context.step_key, context.name, context.mapping_key)
+        warehouse.write_object(path, obj)
+
+    def load_input(self, context: InputContext) -> Any:
+        up = context.upstream_output
+        return warehouse.read_object(self._path(up.run_id, up.step_key, up.name, up.mapping_key))
+
+
+class ComputeDevice(ConfigurableResource):
+    """The device of every model stage whose config says device 'auto' (the default); a stage's own
+    `device` ("cpu", "cuda:1") overrides it for that stage."""
+
+    device: str = Field("auto", description="'auto' = CUDA when present, else CPU; or 'cpu', 'cuda', 'cuda:N', 'mps'. "
+                        "Asking for CUDA on a machine without it fails at launch")
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        from unisid_pipeline.seeding import resolve_device
+
+        try:
+            resolve_device(self.device)
+        except ValueError as exc:
+            raise ValueError(f"invalid resource config compute.device: {exc}") from None
+
+    def resolve(self, requested: str) -> str:
+        """The device a stage runs on: its own setting unless that is 'auto', then this resource's."""
+        from unisid_pipeline.seeding import resolve_device
+
+        return str(resolve_device(self.device if requested == "auto" else requested))
 
 
 UI_URL_ENV = "UNISID_MLFLOW_UI_URL"
@@ -106,8 +158,11 @@ class MlflowTracking(ConfigurableResource):
         check_tracking_uri(self.resolved_uri())
 
     @contextlib.contextmanager
-    def run_for(self, context, params: dict[str, Any] | None = None) -> Iterator[TrackedRun]:
-        """Open the MLflow run for this materialization; adds the run id/url to the asset metadata."""
+    def run_for(self, context, params: dict[str, Any] | None = None, tags: dict[str, str] | None = None,
+                name_suffix: str = "") -> Iterator[TrackedRun]:
+        """Open the MLflow run for this materialization (or for one step of it: `tags` and `name_suffix`
+        tell it apart, e.g. one recommender seed); adds the run id/url to the asset metadata."""
+        extra = tags or {}
         keys = sorted("/".join(k.path) for k in context.selected_asset_keys)
         home = paths.project_home(self.home or None)
         tags = {
@@ -121,7 +176,8 @@ class MlflowTracking(ConfigurableResource):
         from unisid_pipeline.seeding import environment_tags  # torch: imported when a run opens, not with the module
 
         tags.update(environment_tags())
-        run_name = f"{context.op_handle.name if hasattr(context, 'op_handle') else keys[0]}-{context.run_id[:8]}"
+        tags.update(extra)
+        run_name = f"{context.op_handle.name if hasattr(context, 'op_handle') else keys[0]}{name_suffix}-{context.run_id[:8]}"
         with open_run(self.resolved_uri(), self.experiment_name, run_name, tags, params,
                       artifact_root=paths.mlflow_artifacts(home)) as run:
             context.log.info(f"MLflow run {run.run_id} ({run.url(self.ui_base)})")

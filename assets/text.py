@@ -1,4 +1,5 @@
 """LLM ad summaries and text embeddings: cached, offline, resumable."""
+import dataclasses
 import time
 
 import polars as pl
@@ -8,7 +9,7 @@ from pydantic import Field
 
 from assets.config import mirror, to_core
 from assets.metadata import device_in_use, markdown_table, run_metadata
-from assets.resources import MlflowTracking, ProjectHome
+from assets.resources import ComputeDevice, MlflowTracking, ProjectHome
 from unisid_pipeline import paths
 from unisid_pipeline.data.schema import ad_text
 from unisid_pipeline.embeddings import TextEncoderConfig, build_text_encoder, embed_texts_cached, embeddings_to_frame
@@ -44,7 +45,7 @@ def _progress_logger(context: AssetExecutionContext, what: str, run=None):
 
 
 @asset(group_name=GROUP, kinds={"torch", "duckdb", "mlflow"}, owners=["team:summaries"], tags={"stage": "summaries"})
-def ad_summaries(context: AssetExecutionContext, config: SummaryRun, mlflow: MlflowTracking,
+def ad_summaries(context: AssetExecutionContext, config: SummaryRun, mlflow: MlflowTracking, compute: ComputeDevice,
                  project_home: ProjectHome, raw_ads: pl.DataFrame) -> Output[pl.DataFrame]:
     """One short LLM summary per ad (audience, selling points, promotion): UniSID's reconstruction target.
 
@@ -52,6 +53,8 @@ def ad_summaries(context: AssetExecutionContext, config: SummaryRun, mlflow: Mlf
     summarizes new or changed ads, and a killed run resumes from the cache.
     """
     core = to_core(config.summarizer, SummarizerConfig)
+    if core.backend != "template":  # the template backend runs no model
+        core = dataclasses.replace(core, device=device_in_use(context, compute, core.device, f"the {core.backend} summarizer"))
     con = cache_connect(paths.cache_db(project_home.root))
     try:
         cache = SummaryCache(con)
@@ -64,7 +67,7 @@ def ad_summaries(context: AssetExecutionContext, config: SummaryRun, mlflow: Mlf
         params = {**core.__dict__, "model_id": summarizer.model_id, "backend": summarizer.backend,
                   "prompt_version": getattr(summarizer, "prompt_version", ""), "n_ads": raw_ads.height}
         if summarizer.backend != "template":  # the template backend runs no model
-            params["device_used"] = device_in_use(context, core.device, f"the {summarizer.backend} summarizer")
+            params["device_used"] = core.device
         with mlflow.run_for(context, params=params) as run:
             t1 = time.perf_counter()
             table = summarize_ads(raw_ads, summarizer, cache, progress=_progress_logger(context, "summaries", run),
@@ -107,20 +110,22 @@ EmbeddingRun = pydantic.create_model(
 
 
 @asset(group_name=GROUP, kinds={"torch", "duckdb", "mlflow"}, owners=["team:summaries"], tags={"stage": "embeddings"})
-def ad_text_embeddings(context: AssetExecutionContext, config: EmbeddingRun, mlflow: MlflowTracking,
+def ad_text_embeddings(context: AssetExecutionContext, config: EmbeddingRun, mlflow: MlflowTracking, compute: ComputeDevice,
                        project_home: ProjectHome, raw_ads: pl.DataFrame) -> Output[pl.DataFrame]:
     """Sentence embedding (mean-pooled, L2-normalised) of each ad's text: title, description, brand, category.
 
     The RQ baselines' input. Cached by (text hash, model id) in <home>/cache.duckdb.
     """
     core = to_core(config.encoder, TextEncoderConfig)
+    used = device_in_use(context, compute, core.device, "the text encoder")
+    core = dataclasses.replace(core, device=used)
     encoder = build_text_encoder(core)
     if core.backend != "transformers":
         context.log.warning(f"text embeddings from {encoder.model_id}: a hashed bag-of-words, NOT a sentence model")
     texts = ad_text(raw_ads).to_list()
     ad_ids = raw_ads["ad_id"].to_list()
     with mlflow.run_for(context, params={**core.__dict__, "model_id": encoder.model_id, "n_ads": len(ad_ids),
-                                         "device_used": device_in_use(context, core.device, "the text encoder")}) as run:
+                                         "device_used": used}) as run:
         t0 = time.perf_counter()
         con = cache_connect(paths.cache_db(project_home.root))
         try:

@@ -15,9 +15,9 @@ import pydantic
 from dagster import AssetExecutionContext, AssetIn, Config, MetadataValue, Output, asset
 from pydantic import Field
 
-from assets.config import mirror, to_core
+from assets.config import DEVICE_HELP, mirror, to_core
 from assets.metadata import device_in_use, figure_metadata, markdown_table, run_metadata, table_metadata
-from assets.resources import MlflowTracking
+from assets.resources import ComputeDevice, MlflowTracking
 from unisid_pipeline.artifacts import TrainedTokenizer, array_fingerprint, behaviour_fingerprint, state_fingerprint
 from unisid_pipeline.embeddings import frame_to_embeddings
 from unisid_pipeline.models.rq import RQKMeansConfig, RQVAEConfig, fit_rq_kmeans, train_rq_vae
@@ -35,7 +35,7 @@ def run_config(core_cls: type, name: str, doc: str) -> type[Config]:
         name, __base__=Config, __doc__=doc,
         model=(model_cfg, Field(default_factory=model_cfg, description=f"{core_cls.__name__} settings")),
         seed=(int, Field(0, description="seed for torch, numpy and Python")),
-        device=(str, Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N")),
+        device=(str, Field("auto", description=DEVICE_HELP)),
         register_model=(bool, Field(True, description="log and register the model in the MLflow model registry")),
     )
 
@@ -73,7 +73,8 @@ RQKMeansRun = run_config(RQKMeansConfig, "RQKMeansRun", "Residual k-means tokeni
 RQVAERun = run_config(RQVAEConfig, "RQVAERun", "RQ-VAE tokenizer (TIGER) on ad_text_embeddings.")
 
 
-def _fit_rq_tokenizer(context: AssetExecutionContext, config: Config, mlflow: MlflowTracking, frame: pl.DataFrame,
+def _fit_rq_tokenizer(context: AssetExecutionContext, config: Config, mlflow: MlflowTracking, compute: ComputeDevice,
+                      frame: pl.DataFrame,
                       method: str, core_cls: type, fit: Callable, step_key: str,
                       describe: Callable[[Any, dict], str | None],
                       extra: Callable[[Any, dict], dict] = lambda run, history: {}) -> Output[TrainedTokenizer]:
@@ -85,8 +86,9 @@ def _fit_rq_tokenizer(context: AssetExecutionContext, config: Config, mlflow: Ml
     """
     core = to_core(config.model, core_cls)
     ad_ids, x = frame_to_embeddings(frame)
+    used = device_in_use(context, compute, config.device, context.asset_key.to_user_string())
     params = {**core.__dict__, "seed": config.seed, "device": config.device, "n_items": len(ad_ids), "dim": x.shape[1],
-              "device_used": device_in_use(context, config.device, context.asset_key.to_user_string())}
+              "device_used": used}
     with mlflow.run_for(context, params=params) as run:
         t0 = time.perf_counter()
 
@@ -97,7 +99,7 @@ def _fit_rq_tokenizer(context: AssetExecutionContext, config: Config, mlflow: Ml
             run.log_metrics({k: v for k, v in row.items() if isinstance(v, (int, float)) and k != step_key},
                             step=int(row[step_key]))
 
-        model, history = fit(core, x, seed=config.seed, device=config.device, callback=progress)
+        model, history = fit(core, x, seed=config.seed, device=used, callback=progress)
         seconds = time.perf_counter() - t0
         run.log_metrics({"train_seconds": seconds})
         trained = finish_tokenizer(context, run, method, model, history, {"train_seconds": seconds},
@@ -138,21 +140,21 @@ def _rq_vae_plots(run, history: dict) -> dict:
 
 
 @asset(group_name=GROUP, kinds={"torch", "mlflow"}, owners=["team:tokenizers"], tags={"stage": "tokenizers"})
-def rq_kmeans_model(context: AssetExecutionContext, config: RQKMeansRun, mlflow: MlflowTracking,
+def rq_kmeans_model(context: AssetExecutionContext, config: RQKMeansRun, mlflow: MlflowTracking, compute: ComputeDevice,
                     ad_text_embeddings: pl.DataFrame) -> Output[TrainedTokenizer]:
     """RQ-KMeans tokenizer (OneRec): residual k-means per level on the ad text embeddings."""
     return _fit_rq_tokenizer(
-        context, config, mlflow, ad_text_embeddings, "rq_kmeans", RQKMeansConfig,
+        context, config, mlflow, compute, ad_text_embeddings, "rq_kmeans", RQKMeansConfig,
         lambda core, x, seed, device, callback: fit_rq_kmeans(core, x, seed=seed, device=device, on_level=callback),
         "level", _describe_level, _rq_kmeans_plots)
 
 
 @asset(group_name=GROUP, kinds={"torch", "mlflow"}, owners=["team:tokenizers"], tags={"stage": "tokenizers"})
-def rq_vae_model(context: AssetExecutionContext, config: RQVAERun, mlflow: MlflowTracking,
+def rq_vae_model(context: AssetExecutionContext, config: RQVAERun, mlflow: MlflowTracking, compute: ComputeDevice,
                  ad_text_embeddings: pl.DataFrame) -> Output[TrainedTokenizer]:
     """RQ-VAE tokenizer (TIGER): MLP encoder, residual quantizer with k-means init and dead-code reinit, MLP decoder."""
     return _fit_rq_tokenizer(
-        context, config, mlflow, ad_text_embeddings, "rq_vae", RQVAEConfig,
+        context, config, mlflow, compute, ad_text_embeddings, "rq_vae", RQVAEConfig,
         lambda core, x, seed, device, callback: train_rq_vae(core, x, seed=seed, device=device, on_epoch=callback),
         "epoch", _describe_epoch, _rq_vae_plots)
 

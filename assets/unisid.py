@@ -13,10 +13,10 @@ import torch
 from dagster import AssetExecutionContext, AssetIn, Config, MetadataValue, Output, PipesSubprocessClient, asset
 from pydantic import Field
 
-from assets.config import mirror, to_core
+from assets.config import DEVICE_HELP, mirror, to_core
 from assets.launch import Launcher, check_launcher, fresh_dir, read_history, run_pipes, torchrun_command
 from assets.metadata import device_in_use, figure_metadata, markdown_table, run_metadata
-from assets.resources import MlflowTracking, ProjectHome
+from assets.resources import ComputeDevice, MlflowTracking, ProjectHome
 from assets.tokenizers import GROUP, finish_tokenizer, loss_figure, sid_table_asset
 from unisid_pipeline.artifacts import TrainedTokenizer, array_fingerprint
 from unisid_pipeline.embeddings import embeddings_to_frame
@@ -29,7 +29,7 @@ UniSIDRun = pydantic.create_model(
     "UniSIDRun", __base__=Config, __doc__="UniSID training (losses switchable for ablations).",
     train=(_TC, Field(default_factory=_TC, description="UniSIDTrainConfig: model, losses, optimiser, checkpoints")),
     seed=(int, Field(0, description="seed for torch, numpy and Python")),
-    device=(str, Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N")),
+    device=(str, Field("auto", description=DEVICE_HELP)),
     register_model=(bool, Field(True, description="log and register the model in the MLflow model registry")),
     encode_batch_size=(int, Field(64, description="ads per batch when encoding the catalog after training")),
     launcher=(Launcher, Field("in_process", description=(
@@ -78,7 +78,7 @@ def _train_with_pipes(context: AssetExecutionContext, config: Config, core: UniS
 
 @asset(group_name=GROUP, kinds={"torch", "mlflow"}, owners=["team:tokenizers"], tags={"stage": "tokenizers"})
 def unisid_model(context: AssetExecutionContext, config: UniSIDRun, mlflow: MlflowTracking, project_home: ProjectHome,
-                 pipes_subprocess_client: PipesSubprocessClient, raw_ads: pl.DataFrame, ad_summaries: pl.DataFrame,
+                 compute: ComputeDevice, pipes_subprocess_client: PipesSubprocessClient, raw_ads: pl.DataFrame, ad_summaries: pl.DataFrame,
                  ad_hierarchy_labels: pl.DataFrame, user_sequences: pl.DataFrame) -> Output[TrainedTokenizer]:
     """UniSID trained end-to-end from the raw ads: L_sid (multi-granularity SupCon on the per-level SID logits,
     positives share the category path to that depth) + L_emb (InfoNCE; positives: the ad's co-interacted ads
@@ -103,8 +103,10 @@ def unisid_model(context: AssetExecutionContext, config: UniSIDRun, mlflow: Mlfl
               **({"partners": array_fingerprint(partners.offsets, partners.values)} if uses_pairs else {})}
     recipe_id = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
     ckpt_dir = project_home.sub("checkpoints", "unisid", recipe_id)
+    requested = config.device
+    config = config.model_copy(update={"device": device_in_use(context, compute, requested, "unisid_model")})
     params = {"train": core.to_dict() if hasattr(core, "to_dict") else config.train.model_dump(), "seed": config.seed,
-              "device": config.device, "device_used": device_in_use(context, config.device, "unisid_model"),
+              "device": requested, "device_used": config.device,
               "n_ads": raw_ads.height, "checkpoint_dir": str(ckpt_dir),
               "launcher": config.launcher, "world_size": world,
               "summary_backend": ad_summaries["backend"][0] if "backend" in ad_summaries.columns else "unknown"}

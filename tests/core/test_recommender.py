@@ -21,7 +21,9 @@ from unisid_pipeline.recommender import (
 )
 from unisid_pipeline.seeding import seed_everything
 
-TINY = dict(n_encoder_layers=2, n_decoder_layers=2, d_model=32, n_heads=2, d_kv=16, d_ff=64, eval_batch_size=64)
+TINY = dict(n_encoder_layers=2, n_decoder_layers=2, d_model=32, n_heads=2, d_kv=16, d_ff=64, eval_batch_size=64,
+            # the plain TIGER loop these tests were written for: user token, no EMA, validation every epoch
+            use_user_token=True, lr_schedule="inverse_sqrt", ema_decay=0.0, eval_every=1, valid_max_users=None)
 
 
 def sparse_catalog(n_items: int, sizes: tuple[int, ...], seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -127,7 +129,7 @@ def test_trie_lookup_matches_the_set_of_valid_sids() -> None:
 )
 def test_config_validation_names_the_field(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
-        RecommenderConfig(**{field: value})
+        RecommenderConfig(**{"use_user_token": True, field: value})
 
 
 # ---------------------------------------------------------------------------------- beam search
@@ -241,6 +243,39 @@ def test_learns_a_predictable_sequence_and_restores_best_weights() -> None:
     best = max((r["valid_recall@10"], r["valid_ndcg@10"]) for r in history)
     valid = evaluate_recommender(model, seqs, split="valid")
     assert (valid["recall@10"], valid["ndcg@10"]) == best
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_and_ends_with_the_uninterrupted_weights(tmp_path) -> None:
+    ad_ids, codes = sparse_catalog(12, (3, 5), seed=7)
+    seqs = chain_sequences(ad_ids, n_users=12, length=6, seed=0)
+    cfg = RecommenderConfig(**{**TINY, "max_history": 3, "n_user_buckets": 8, "batch_size": 16, "epochs": 6,
+                               "warmup_steps": 2, "beam_size": 5, "ema_decay": 0.9, "eval_every": 2})
+    ref, ref_hist = train_recommender(cfg, (ad_ids, codes), seqs, seed=3, device="cpu")
+
+    def killed_after_epoch_4(row: dict) -> None:
+        if row["epoch"] == 4:
+            raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        train_recommender(cfg, (ad_ids, codes), seqs, seed=3, device="cpu", checkpoint_dir=tmp_path,
+                          on_epoch=killed_after_epoch_4)
+    [ckpt] = tmp_path.glob("seed3-*.pt")
+    seen: list[dict] = []
+    model, hist = train_recommender(cfg, (ad_ids, codes), seqs, seed=3, device="cpu", checkpoint_dir=tmp_path,
+                                    on_epoch=seen.append)
+    assert [r["epoch"] for r in seen] == [5, 6]  # epochs 1-4 were not trained again
+    assert [r["train_loss"] for r in hist] == [r["train_loss"] for r in ref_hist]
+    assert all(torch.equal(a, b) for a, b in zip(model.t5.state_dict().values(), ref.t5.state_dict().values()))
+    # a finished run: the same call returns the result without training
+    again, _ = train_recommender(cfg, (ad_ids, codes), seqs, seed=3, device="cpu", checkpoint_dir=tmp_path,
+                                 on_epoch=lambda r: pytest.fail("trained again"))
+    assert all(torch.equal(a, b) for a, b in zip(again.t5.state_dict().values(), ref.t5.state_dict().values()))
+    # other settings start afresh and replace the seed's old checkpoint; other seeds keep theirs
+    train_recommender(cfg, (ad_ids, codes), seqs, seed=4, device="cpu", checkpoint_dir=tmp_path)
+    other = RecommenderConfig.from_dict({**cfg.to_dict(), "epochs": 2})
+    _, short = train_recommender(other, (ad_ids, codes), seqs, seed=3, device="cpu", checkpoint_dir=tmp_path)
+    assert len(short) == 2 and not ckpt.exists() and len(list(tmp_path.glob("seed3-*.pt"))) == 1
+    assert len(list(tmp_path.glob("seed4-*.pt"))) == 1
 
 
 # ---------------------------------------------------------------------------------------------- weight EMA

@@ -11,7 +11,8 @@ from assets.config import check_run_config, op_config_classes
 from assets.definitions import ALL_ASSETS
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-CASES = [["demo.yaml"], ["beauty.yaml"], ["beauty.yaml", "seed1.yaml"], ["beauty.yaml", "seed2.yaml"]]
+CASES = [["demo.yaml"], ["beauty.yaml"], ["beauty.yaml", "gpu.yaml"], ["beauty.yaml", "gpu.yaml", "seed1.yaml"],
+         ["beauty.yaml", "seed2.yaml"]]
 
 
 @pytest.mark.parametrize("files", CASES, ids=["+".join(c) for c in CASES])
@@ -23,12 +24,13 @@ def test_config_files_are_valid_for_the_full_graph(files, tmp_path):
 
 
 def test_seed_overlay_changes_only_the_seeds():
-    base = load_yaml_from_glob_list([str(CONFIGS / "beauty.yaml")])["ops"]
-    seeded = load_yaml_from_glob_list([str(CONFIGS / "beauty.yaml"), str(CONFIGS / "seed2.yaml")])["ops"]
+    files = [str(CONFIGS / f) for f in ("beauty.yaml", "gpu.yaml")]
+    base = load_yaml_from_glob_list(files)["ops"]
+    seeded = load_yaml_from_glob_list([*files, str(CONFIGS / "seed2.yaml")])["ops"]
     for op in ("unisid_model", "rq_kmeans_model", "rq_vae_model"):
-        assert seeded[op]["config"]["seed"] == 2
-        assert {k: v for k, v in seeded[op]["config"].items() if k != "seed"} == \
-               {k: v for k, v in base[op]["config"].items() if k != "seed"}
+        assert seeded[op]["config"] == {**base.get(op, {}).get("config", {}), "seed": 2}
     for m in ("rq_kmeans", "rq_vae", "unisid"):
         cfg = seeded[f"recommender_{m}"]["config"]
         assert cfg["seeds"] == [2] and cfg["model"] == base[f"recommender_{m}"]["config"]["model"]
+    assert {k: v for k, v in seeded.items() if not k.startswith(("recommender_", "unisid_", "rq_"))} == \
+           {k: v for k, v in base.items() if not k.startswith(("recommender_", "unisid_", "rq_"))}

@@ -28,7 +28,7 @@ RUN_CONFIG = {"ops": {
     "rq_kmeans_sids": {"config": {"resolution": "reassign"}},
     "recommender_rq_kmeans": {"config": REC},
     "recommender_rq_vae": {"config": REC},
-    "recommender_unisid": {"config": REC},
+    "recommender_unisid": {"config": {**REC, "seeds": [0, 1]}},
 }}
 
 
@@ -57,7 +57,33 @@ def test_every_asset_materializes_with_one_mlflow_run_each(materialized):
                   "rq_kmeans_sids", "unisid_sids", "sid_collision_report", "recommender_unisid", "downstream_eval",
                   "embedding_retrieval_eval"):
         assert asset in keys, asset
-    assert len(runs) == len(keys)  # one run per materialization step
+    # one run per step; a recommender's seeds are steps of their own, each with its run
+    assert len(runs) == len({(r.data.tags["dagster.step"], r.data.tags.get("seed")) for r in runs})
+
+
+def test_each_recommender_seed_is_its_own_step_and_mlflow_run_nested_under_the_asset_run(materialized):
+    home, result = materialized
+    steps = {e.step_key for e in result.all_events if e.event_type_value == "STEP_SUCCESS"}
+    assert {"recommender_unisid.recommender_unisid_seed[seed0]", "recommender_unisid.recommender_unisid_seed[seed1]",
+            "recommender_unisid.recommender_unisid_summary"} <= steps
+    mats = {m.asset_key.to_user_string(): m.metadata
+            for m in (e.event_specific_data.materialization for e in result.get_asset_materialization_events())}
+    parent = mats["recommender_unisid"]["mlflow_run_id"].value
+    assert mats["recommender_unisid"]["seeds"].value == 2
+    client = MlflowClient(tracking_uri=paths.mlflow_uri(home))
+    exp = client.get_experiment_by_name("unisid_pipeline").experiment_id
+    seed_runs = client.search_runs([exp], "tags.method = 'unisid' and tags.seed != ''")
+    assert sorted(r.data.tags["seed"] for r in seed_runs) == ["0", "1"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in seed_runs} == {parent}
+    # the same metric names in every seed's run: MLflow's Compare view lines the seeds up
+    names = [set(r.data.metrics) for r in seed_runs]
+    assert names[0] == names[1] and {"test_recall_at_10", "test_ndcg_at_10", "train_loss"} <= names[0]  # "@" is not a metric-name character
+    value = warehouse.read_object(home / "objects" / "recommender_unisid.pkl")
+    assert value["results"]["seed"].to_list() == [0, 1] and set(value["checkpoints"]) == {0, 1}
+    by_seed = {int(r.data.tags["seed"]): r.data.metrics["test_recall_at_10"] for r in seed_runs}
+    assert value["results"]["recall@10"].to_list() == [by_seed[0], by_seed[1]]
+    table = warehouse.read_table(paths.warehouse_path(home), "downstream_eval")
+    assert dict(zip(table["method"], table["n_seeds"])) == {"rq_kmeans": 1, "rq_vae": 1, "unisid": 2}
 
 
 def test_sid_tables_are_collision_free_and_cover_every_ad(materialized):
@@ -206,8 +232,8 @@ def test_every_model_stage_says_which_device_it_used(materialized, instance):
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     messages = [e.user_message for e in instance.all_logs(result.run_id)]
     for what in ("the text encoder", "rq_kmeans_model", "rq_vae_model", "unisid_model", "recommender_unisid"):
-        assert any(m == f"{what} runs on {expected} (device 'auto')" for m in messages), what
+        assert any(m == f"{what} runs on {expected} (device 'auto', compute resource 'auto')" for m in messages), what
     client = MlflowClient(tracking_uri=paths.mlflow_uri(home))
     runs = client.search_runs([client.get_experiment_by_name("unisid_pipeline").experiment_id])
-    used = {r.data.tags["dagster.asset_key"]: r.data.params.get("device_used") for r in runs}
+    used = {r.data.tags["dagster.asset_key"]: r.data.params["device_used"] for r in runs if "device_used" in r.data.params}
     assert {used[a] for a in ("ad_text_embeddings", "rq_kmeans_model", "unisid_model", "recommender_rq_vae")} == {expected}

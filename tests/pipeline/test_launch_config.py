@@ -22,6 +22,10 @@ CASES = [
     ("recommender_unisid", {"model": {"device": "gpu0"}}, "ops.recommender_unisid.config.model.device: unknown device"),
     ("ingested_tables", {"synthetic": {"n_ads": 0}},
      "ops.ingested_tables.config.synthetic: SyntheticWorldConfig.n_ads must be >= 1, got 0"),
+    ("recommender_rq_kmeans", {"seeds": []}, "ops.recommender_rq_kmeans.config: 1 validation error for RecommenderRun\n"
+     "seeds\n  Value error, seeds is empty: give at least one seed, e.g. seeds: [0]"),
+    ("recommender_unisid", {"seeds": [1, 1]}, "ops.recommender_unisid.config: 1 validation error for RecommenderRun\n"
+     "seeds\n  Value error, seeds must be distinct non-negative ints, got [1, 1]"),
     ("ad_summaries", {"chunk_size": 1, "summarizer": {"backend": "template", "device": "cuda:9"}},
      "ops.ad_summaries.config.summarizer.device: device 'cuda:9' requested but"),
 ]
@@ -39,6 +43,17 @@ def test_impossible_run_config_fails_the_launch_naming_the_field(home, op, confi
     assert not result.get_step_success_events()  # failed at launch: not even ingestion ran
     assert warehouse.list_tables(paths.warehouse_path(home)) == []
     assert MlflowClient(tracking_uri=paths.mlflow_uri(home)).search_experiments(filter_string="name = 'unisid_pipeline'") == []
+
+
+def test_a_compute_device_that_is_not_there_fails_the_launch(home):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    job = build_definitions(home=str(home)).resolve_job_def("full_pipeline")
+    result = job.execute_in_process(run_config={"resources": {"compute": {"config": {"device": "cuda"}}}},
+                                    instance=DagsterInstance.ephemeral(), raise_on_error=False)
+    assert not result.success and not result.get_step_success_events()
+    assert ("ValueError: invalid resource config compute.device: device 'cuda' requested but CUDA is not available"
+            in failure_text(result))
 
 
 def test_batch_larger_than_the_data_fails_the_training_asset_naming_field_and_size(home):

@@ -271,10 +271,10 @@ class RQVAEConfig:
     standardize_inputs: before the encoder, subtract each input dimension's mean and divide by its standard
     deviation over the training embeddings (kept with the tokenizer, floored at 1% of the mean standard
     deviation, so a near-constant dimension is not blown up); the decoder reconstructs the standardized input.
-    Off by default (TIGER feeds its embeddings as they are). On L2-normalized MiniLM Beauty title embeddings (a
-    large common component, small coordinates) it made the codes follow the interaction sequences more
-    (BENCHMARKS.md, sessions 10-11), but the TIGER recommenders trained on them gained only +0.001 R@10 over
-    the plain input's (3 seeds, session 12).
+    On by default, with 600 epochs: the recipe of the reported Beauty figure (TIGER feeds its embeddings as they
+    are). On L2-normalized MiniLM Beauty title embeddings (a large common component, small coordinates) it made
+    the codes follow the interaction sequences more, and the TIGER recommenders trained on them gained +0.001
+    R@10 over the plain input's (3 seeds; BENCHMARKS.md).
     """
 
     n_levels: int = 3
@@ -285,14 +285,14 @@ class RQVAEConfig:
     optimizer: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 0.0
-    epochs: int = 50
+    epochs: int = 600
     batch_size: int = 1024
     kmeans_init: bool = True
     kmeans_init_size: int = 16384
     kmeans_init_iters: int = 20
     reinit_dead_codes: bool = True
     dead_code_threshold: int = 0
-    standardize_inputs: bool = False
+    standardize_inputs: bool = True
     deterministic: bool = True  # CPU only: train single-threaded so the same seed gives the same SIDs
 
     def __post_init__(self) -> None:

@@ -37,6 +37,18 @@ class ParameterEMA:
         torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], weight)
         self.updates += 1
 
+    def state_dict(self) -> dict:
+        """The shadow values (on the CPU) and the update count, for a training checkpoint."""
+        return {"shadow": [s.detach().cpu().clone() for s in self.shadow], "updates": self.updates}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["shadow"]) != len(self.shadow):
+            raise ValueError(f"EMA state of {len(state['shadow'])} tensors, this module has {len(self.shadow)}")
+        for s, v in zip(self.shadow, state["shadow"]):
+            s.copy_(v)
+        self.updates = int(state["updates"])
+
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:
         """Within the block, the module's parameters hold the EMA values; afterwards, the training values."""

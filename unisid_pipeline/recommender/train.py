@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,11 +26,15 @@ from unisid_pipeline.recommender.ema import ParameterEMA
 from unisid_pipeline.recommender.evaluate import check_sequences, rank_histories
 from unisid_pipeline.recommender.model import GenerativeRecommender, RecommenderConfig, autocast_ctx
 from unisid_pipeline.recommender.vocab import SIDVocab
+from unisid_pipeline.checkpoint import atomic_save, rng_state, set_rng_state
 from unisid_pipeline.distributed import DistContext
+from unisid_pipeline.files import remove_dead_temps
 from unisid_pipeline.metrics import ranking_metrics
 from unisid_pipeline.seeding import cpu_determinism, resolve_device, seed_everything
 
 logger = logging.getLogger(__name__)
+
+TRAIN_CHECKPOINT_FORMAT = "unisid_pipeline.recommender_train/1"
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,17 @@ def _evaluate_examples(model: GenerativeRecommender, ex: Examples, ctx: DistCont
     return ranking_metrics(items, ex.target_idx)  # item indices are item ids here (bijection with ad_ids)
 
 
+def _fingerprint(config: RecommenderConfig, seed: int, vocab: SIDVocab, train_ex: Examples, valid_ex: Examples,
+                 world_size: int, eval_every: int) -> str:
+    """What a resumed run must share with the one that wrote the checkpoint: settings, seed, SIDs, examples."""
+    settings = {k: v for k, v in config.to_dict().items() if k not in ("device", "max_train_seconds")}
+    h = hashlib.sha256(repr((sorted(settings.items()), seed, world_size, eval_every)).encode())
+    for arr in (vocab.ad_ids, vocab.codes, train_ex.history_idx, train_ex.target_idx, train_ex.user_ids,
+                valid_ex.history_idx, valid_ex.target_idx):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
 def train_recommender(
     config: RecommenderConfig,
     sids: Any,
@@ -123,6 +140,7 @@ def train_recommender(
     device: str | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     eval_every: int | None = None,
+    checkpoint_dir: Path | str | None = None,
 ) -> tuple[GenerativeRecommender, list[dict[str, Any]]]:
     """Train a generative recommender; return (model with the best validation weights, per-epoch history).
 
@@ -134,6 +152,12 @@ def train_recommender(
         on_epoch: called after every epoch with that epoch's history dict (on rank 0 only under torchrun).
         eval_every: validate (and consider early stopping) every this many epochs and after the last;
             None = ``config.eval_every``.
+        checkpoint_dir: after every validation the whole training state (weights, optimiser, schedule,
+            EMA, best weights so far, RNG states, history) is written atomically to
+            ``seed<N>-<fingerprint>.pt`` there; a later call with the same config, seed and data resumes
+            from it (a finished run returns its result without training again) and, on the CPU, ends with
+            the same weights as an uninterrupted run. Starting afresh removes the seed's checkpoints of
+            other settings or data.
 
     History dicts hold ``epoch``, ``step``, ``train_loss``, ``lr``, ``seconds`` (epoch wall time,
     validation included), ``evaluated`` and ``valid_recall@1/5/10/20``, ``valid_ndcg@5/10``,
@@ -151,7 +175,8 @@ def train_recommender(
     # One intra-op thread on the CPU: bit-identical runs for a seed, and on a loaded 2-core machine
     # ~10x faster than 2 oversubscribed threads for this small model (measured: 16 s vs 191 s/epoch).
     with cpu_determinism(dev):
-        return _train_recommender(config, sids, sequences, seed=seed, device=device, on_epoch=on_epoch, eval_every=eval_every)
+        return _train_recommender(config, sids, sequences, seed=seed, device=device, on_epoch=on_epoch,
+                                  eval_every=eval_every, checkpoint_dir=checkpoint_dir)
 
 
 def _train_recommender(
@@ -162,6 +187,7 @@ def _train_recommender(
     device: str | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     eval_every: int | None = None,
+    checkpoint_dir: Path | str | None = None,
 ) -> tuple[GenerativeRecommender, list[dict[str, Any]]]:
     """The body of `train_recommender` (which picks the CPU thread count around it)."""
     eval_every = config.eval_every if eval_every is None else eval_every
@@ -221,9 +247,49 @@ def _train_recommender(
     history: list[dict[str, Any]] = []
     best_score: tuple[float, float] = (-1.0, -1.0)
     best_epoch, best_state, bad = 0, None, 0
-    step = 0
+    step, first_epoch, finished = 0, 1, False
+    ckpt = None
+    if checkpoint_dir is not None:
+        fingerprint = _fingerprint(config, seed, vocab, train_ex, valid_ex, ctx.world_size, eval_every)
+        ckpt = Path(checkpoint_dir) / f"seed{seed}-{fingerprint[:16]}.pt"
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        for tmp in remove_dead_temps(ckpt):
+            logger.info("removed %s, a half-written checkpoint of a killed run", tmp)
+        if ckpt.exists():
+            st = torch.load(ckpt, map_location="cpu", weights_only=False)
+            if st.get("format") != TRAIN_CHECKPOINT_FORMAT or st.get("fingerprint") != fingerprint:
+                raise ValueError(f"{ckpt} is not a checkpoint of this recommender run: delete it and re-run")
+            model.t5.load_state_dict(st["model"])
+            optim.load_state_dict(st["optimizer"])
+            sched.load_state_dict(st["scheduler"])
+            if ema is not None:
+                ema.load_state_dict(st["ema"])
+            gen.set_state(st["generator"])
+            set_rng_state(st["rng"])
+            history, best_score, best_epoch = st["history"], tuple(st["best_score"]), st["best_epoch"]
+            best_state, bad, step, finished = st["best_state"], st["bad"], st["step"], st["finished"]
+            first_epoch = history[-1]["epoch"] + 1 if history else 1
+            logger.info("resumed recommender training from %s after epoch %d%s", ckpt, first_epoch - 1,
+                        " (already finished)" if finished else "")
+        elif ctx.is_main:
+            for old in ckpt.parent.glob(f"seed{seed}-*.pt"):  # this seed's runs of other settings or data
+                old.unlink(missing_ok=True)
+
+    def save_checkpoint(done: bool) -> None:
+        if ckpt is None or not ctx.is_main:
+            return
+        atomic_save({
+            "format": TRAIN_CHECKPOINT_FORMAT, "fingerprint": fingerprint, "finished": done,
+            "model": model.t5.state_dict(), "optimizer": optim.state_dict(), "scheduler": sched.state_dict(),
+            "ema": None if ema is None else ema.state_dict(), "generator": gen.get_state(), "rng": rng_state(),
+            "history": history, "best_score": best_score, "best_epoch": best_epoch, "best_state": best_state,
+            "bad": bad, "step": step,
+        }, ckpt, "a recommender checkpoint")
+
     started = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(first_epoch, config.epochs + 1):
+        if finished:
+            break
         t0 = time.perf_counter()
         model.train()
         plan = epoch_batches(lengths, config.batch_size, gen, config.length_pool_batches, drop_last=config.compile)
@@ -286,6 +352,8 @@ def _train_recommender(
             "epoch %d: loss %.4f valid R@10 %s (%.1fs)", epoch, record["train_loss"],
             "-" if metrics is None else f"{metrics['recall@10']:.4f}", record["seconds"],
         )
+        if evaluated or stop:
+            save_checkpoint(done=stop or out_of_time or epoch == config.epochs)
         if on_epoch is not None and ctx.is_main:
             on_epoch(record)
         if stop:

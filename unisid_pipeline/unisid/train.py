@@ -19,8 +19,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
-import random
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +29,7 @@ import polars as pl
 import torch
 from torch import nn
 
+from unisid_pipeline.checkpoint import atomic_save, rng_state, set_rng_state
 from unisid_pipeline.distributed import DistContext
 from unisid_pipeline.seeding import cpu_bf16_allowed, resolve_device, seed_everything
 from unisid_pipeline.unisid.config import UniSIDTrainConfig, resolve_rec_decoder
@@ -42,7 +41,7 @@ from unisid_pipeline.models.rq import RQKMeansConfig, fit_rq_kmeans
 from unisid_pipeline.retrieval import retrieval_recall
 from unisid_pipeline.unisid.model import UniSIDModel
 from unisid_pipeline.unisid.pairs import Partners, sample_partners
-from unisid_pipeline.files import disk_full_error, is_no_space, remove_dead_temps
+from unisid_pipeline.files import remove_dead_temps
 
 logger = logging.getLogger(__name__)
 
@@ -114,36 +113,6 @@ def _fingerprint(ads: pl.DataFrame, texts: list[str] | None, labels: np.ndarray,
         h.update(t.encode("utf-8", "replace"))
         h.update(b"\x00")
     return h.hexdigest()
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    """Write to `<name>.tmp<pid>`, then rename: a run killed mid-write leaves the previous checkpoint whole."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if is_no_space(exc):
-            raise disk_full_error(path, "a training checkpoint", exc) from exc
-        raise
-
-
-def _rng_state() -> dict[str, Any]:
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
-
-
-def _set_rng_state(s: dict[str, Any]) -> None:
-    torch.set_rng_state(s["torch"])
-    if s.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-    np.random.set_state(s["numpy"])
-    random.setstate(s["python"])
 
 
 class _TrainStep(nn.Module):
@@ -300,14 +269,14 @@ def train_unisid(
             scheduler.load_state_dict(ck["scheduler"])
             history = ck["history"]
             start_step = int(ck["step"])
-            _set_rng_state(ck["rng"])
+            set_rng_state(ck["rng"])
             logger.info("resumed UniSID training from %s at step %d/%d", ckpt_path, start_step, total_steps)
 
     def save_checkpoint(step: int) -> None:
         if ckpt_path is None or not ctx.is_main:
             return
         epoch = (step * accum * world) // len(chunks)
-        _atomic_save({
+        atomic_save({
             "format": TRAIN_CHECKPOINT_FORMAT,
             "train_config": config.to_dict(),
             "seed": seed,
@@ -320,7 +289,7 @@ def train_unisid(
             "rec": objective.rec.trainable_state_dict() if objective.rec is not None else None,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "history": history,
         }, ckpt_path)
 
@@ -437,13 +406,13 @@ def _epoch_stats(model: UniSIDModel, stats_ads: pl.DataFrame | None, ads: pl.Dat
         else:
             out.update({f"head_{n}": v for n, v in code_stats(head, k).items()})
             if len(emb) >= k:
-                state = _rng_state()  # fit_rq_kmeans seeds the global RNGs: keep training's stream untouched
+                state = rng_state()  # fit_rq_kmeans seeds the global RNGs: keep training's stream untouched
                 try:
                     cfg = RQKMeansConfig(n_levels=config.model.n_levels, codebook_size=k, n_iter=20)
                     tok, _ = fit_rq_kmeans(cfg, emb, seed=seed, device=str(dev))
                     out.update(code_stats(tok.encode(emb), k))
                 finally:
-                    _set_rng_state(state)
+                    set_rng_state(state)
     if retrieval_pairs is not None and len(retrieval_pairs) and ads.height >= 1001:
         _, emb_all, _ = model.encode_heads(ads, batch_size=config.encode_batch_size, device=str(dev))
         res = retrieval_recall(np.arange(ads.height), emb_all, retrieval_pairs, n_negatives=999, seed=seed)
