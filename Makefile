@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt scripts/configure_venv.py
 
 demo: setup
 	@$(PY) scripts/configure_venv.py >/dev/null  # re-creates $$DAGSTER_HOME if .unisid_home was deleted
-	$(VENV)/bin/dagster asset materialize --select '*' -c configs/demo.yaml
+	$(VENV)/bin/dagster asset materialize --select '*' -c configs/cpu.yaml -c configs/demo.yaml
 	@echo "Done. Browse: make dagster-ui (http://127.0.0.1:3000) and make mlflow-ui (http://127.0.0.1:5000)"
 
 test: setup

@@ -60,10 +60,12 @@ def recommender_asset(method: str):
     name = f"recommender_{method}"
 
     @op(name=f"{name}_seeds", out=DynamicOut(dict, io_manager_key="step_io_manager"), tags={"stage": "recommender"})
-    def plan(context: OpExecutionContext, config: RecommenderRun, compute: ComputeDevice):
+    def plan(context: OpExecutionContext, config: RecommenderRun, compute: ComputeDevice, sids: pl.DataFrame):
         """One training step per seed of `seeds`, on the device the compute resource resolves."""
         base = to_core(config.model, RecommenderConfig)
         used = device_in_use(context, compute, base.device, name)
+        context.log.info(f"{method}: {len(config.seeds)} seed(s) {config.seeds} on {sids.height:,} ads' SIDs "
+                         f"({sids['model_version'][0]})")
         for seed in config.seeds:
             yield DynamicOutput({**base.to_dict(), "seed": seed, "device": used}, mapping_key=f"seed{seed}")
 
@@ -137,7 +139,7 @@ def recommender_asset(method: str):
                              "leave-one-out evaluation); one step, MLflow run and model per seed, retried and resumed "
                              "from its checkpoint on failure, gathered with per-seed test metrics.")
     def _rec(sids, user_sequences):
-        runs = plan().map(lambda spec: train_seed(spec, sids, user_sequences))
+        runs = plan(sids).map(lambda spec: train_seed(spec, sids, user_sequences))
         return summary(runs.collect(), sids)
 
     return _rec

@@ -41,7 +41,10 @@ if [ -d .gwh ] && [ ! -f $G/started ]; then
   fi
   cfgs=""; for c in $CONFIGS; do cfgs="$cfgs -c $c"; done
   log "GPU: $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader); starting: dagster asset materialize --select '$SELECT'$cfgs $extra"
-  (cd /tmp/repo && setsid nohup dagster asset materialize --select "$SELECT" $cfgs $extra > $G/dagster.log 2>&1 < /dev/null; echo $? > $G/rc) &
+  # the whole run in a session of its own: it outlives this call (the machine stays up while calls follow)
+  printf 'cd /tmp/repo && python3 -m dagster asset materialize --select "%s"%s %s\necho $? > %s/rc\n' \
+    "$SELECT" "$cfgs" "$extra" $G > $G/run.sh
+  setsid nohup bash $G/run.sh > $G/dagster.log 2>&1 < /dev/null &
   date +%s > $G/started
 fi
 
