@@ -168,6 +168,9 @@ def downstream_eval(context: AssetExecutionContext, config: EvalConfig, mlflow: 
     context.log.info("comparing " + ", ".join(f"{r['method']} ({r['results'].height} seed(s))" for r in recommenders.values()))
     per_seed = pl.concat([r["results"] for r in recommenders.values()], how="diagonal_relaxed")
     table = summarize_runs(per_seed, METRICS)
+    for row in table.iter_rows(named=True):
+        context.log.info(f"{row['method']} ({row['n_seeds']} seed(s)): " + ", ".join(
+            f"{k} {row[f'{k}_mean']:.4f} ± {row[f'{k}_std']:.4f}" for k in ("recall@5", "recall@10", "ndcg@5", "ndcg@10")))
     best = table.sort(f"{config.champion_metric}_mean", descending=True)["method"][0]
     with mlflow.run_for(context, params=config.model_dump()) as run:
         for row in table.iter_rows(named=True):
@@ -217,6 +220,8 @@ def embedding_retrieval_eval(context: AssetExecutionContext, config: RetrievalCo
             if n_neg < config.n_negatives:
                 context.log.warning(f"catalog of {len(ad_ids)} ads: {n_neg} negatives per query instead of {config.n_negatives}")
             res = retrieval_recall(ad_ids, x, pairs, n_negatives=n_neg, seed=config.seed)
+            context.log.info(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in res.items() if isinstance(v, float))
+                             + f" ({len(pairs):,} held-out pairs, 1 positive vs {n_neg} negatives)")
             rows.append({"model": name, "n_negatives": n_neg, **res})
             run.log_metrics({f"{name}.{k}": v for k, v in res.items()})
         table = pl.DataFrame(rows)

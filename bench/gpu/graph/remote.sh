@@ -8,7 +8,7 @@
 #   .gwh            the project home made on the CPU (warehouse + mlflow.db): copied to $UNISID_HOME, the repo to
 #                   /tmp/repo, and `dagster asset materialize` started in the background ($SELECT, $CONFIGS)
 # then it polls the run for POLL_SECONDS (default 0) or until it ends, and always leaves the run's log, per-asset
-# timings and, once it ended, the result tables and mlflow.db in $OUT.
+# timings and the report tables that exist so far in $OUT, and once it ended a copy of mlflow.db.
 set -uo pipefail
 export PYTHONPATH=/tmp/site:/tmp/repo HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1   # never NVLink multicast here
@@ -60,18 +60,18 @@ cp $G/remote.log $OUT/ 2>/dev/null
 [ -f $G/dagster.log ] && tail -c 4000000 $G/dagster.log > $OUT/dagster_tail.log
 if [ -f $G/started ]; then
   (cd /tmp/repo && python3 bench/graph_timings.py --out $OUT/steps.csv > $OUT/timings.txt 2>&1)
-  if [ -f $G/rc ]; then
-    python3 - <<'PY'
+  python3 - <<'PY'  # the report tables that exist so far (a lease may end before the run does)
 import os, duckdb
-db = os.path.join(os.environ["UNISID_HOME"], "warehouse.duckdb")
-con = duckdb.connect(db, read_only=True)
+try:
+    con = duckdb.connect(os.path.join(os.environ["UNISID_HOME"], "warehouse.duckdb"), read_only=True)
+except Exception as exc:  # a step is writing: the next poll copies them
+    raise SystemExit(f"warehouse busy: {exc}")
 for t in ("downstream_eval", "sid_collision_report", "embedding_retrieval_eval"):
     try:
         con.execute(f"COPY {t} TO '{os.environ['OUT']}/{t}.parquet' (FORMAT parquet)")
     except Exception as exc:
-        print(t, exc)
+        print(t, "not there yet")
 PY
-    python3 -c "import sqlite3,os; sqlite3.connect(os.environ['UNISID_HOME']+'/mlflow.db').execute(\"VACUUM INTO '$OUT/mlflow.db'\")"
-  fi
+  [ -f $G/rc ] && python3 -c "import sqlite3,os; sqlite3.connect(os.environ['UNISID_HOME']+'/mlflow.db').execute(\"VACUUM INTO '$OUT/mlflow.db'\")"
 fi
 ls -la $OUT
