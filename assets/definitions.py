@@ -16,15 +16,15 @@ ALL_CHECKS = [*ingestion.CHECKS, *analysis.CHECKS]
 def build_definitions(home: str = "", tracking_uri: str = "") -> Definitions:
     """home "" = $UNISID_HOME or ./.unisid_home; tracking_uri "" = $MLFLOW_TRACKING_URI or sqlite under home."""
     jobs = [
-        define_asset_job("full_pipeline", selection="*", description="everything, ingestion to comparison report"),
-        define_asset_job("ingestion_job", selection="group:ingestion",
+        define_asset_job("full_pipeline", selection=AssetSelection.all(), description="everything, ingestion to comparison report"),
+        define_asset_job("ingestion_job", selection=AssetSelection.groups("ingestion"),
                          description="ingest and validate ads and interactions, build user sequences"),
-        define_asset_job("summaries_job", selection="group:summaries",
+        define_asset_job("summaries_job", selection=AssetSelection.groups("summaries"),
                          description="LLM ad summaries and text embeddings (cached)"),
-        define_asset_job("tokenizers_job", selection="group:tokenizers",
+        define_asset_job("tokenizers_job", selection=AssetSelection.groups("tokenizers"),
                          description="train every tokenizer and build the SID tables"),
-        define_asset_job("analysis_job", selection="group:analysis", description="SID collision and quality report"),
-        define_asset_job("recommender_job", selection="group:recommender",
+        define_asset_job("analysis_job", selection=AssetSelection.groups("analysis"), description="SID collision and quality report"),
+        define_asset_job("recommender_job", selection=AssetSelection.groups("recommender"),
                          description="train and evaluate the generative recommender per SID method"),
         define_asset_job("assign_new_ad_sids",
                          selection=AssetSelection.assets("raw_ads", "rejected_ads", "ad_text_embeddings",

@@ -9,7 +9,7 @@ model_version) starts the table again from `rq_kmeans_sids`, and says so.
 import polars as pl
 from dagster import AssetExecutionContext, AssetIn, Output, asset
 
-from assets.metadata import run_metadata
+from assets.metadata import readable, run_metadata
 from assets.resources import MlflowTracking, ProjectHome
 from assets.tokenizers import GROUP
 from unisid_pipeline import paths, warehouse
@@ -65,10 +65,10 @@ def rq_kmeans_catalog_sids(context: AssetExecutionContext, mlflow: MlflowTrackin
         meta = run_metadata(run, mlflow.ui_base)
     context.log.info(f"{info['n_new']:,} new ads got SIDs ({info['n_new_colliding']:,} resolved against existing "
                      f"ones); {info['n_existing']:,} SIDs kept unchanged")
-    return Output(table, metadata={**meta, "dagster/row_count": table.height, "n_new": info["n_new"],
+    return Output(table, metadata=readable({**meta, "dagster/row_count": table.height, "n_new": info["n_new"],
                                    "n_existing": info["n_existing"], "resolution": resolution,
                                    "collision_rate_post": info["post"]["collision_rate"],
-                                   "model_version": trained.version})
+                                   "model_version": trained.version}))
 
 
 ASSETS = [rq_kmeans_catalog_sids]

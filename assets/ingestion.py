@@ -18,7 +18,7 @@ from dagster import (
 from pydantic import Field
 
 from assets.config import Ingestion, to_core
-from assets.metadata import markdown_table, run_metadata, table_metadata
+from assets.metadata import markdown_table, readable, rounded, run_metadata, table_metadata
 from assets.resources import MlflowTracking
 from unisid_pipeline.data.ingest import IngestionConfig, ingest
 from unisid_pipeline.data.sequences import build_user_sequences
@@ -73,7 +73,7 @@ def ingested_tables(context: AssetExecutionContext, config: Ingestion, mlflow: M
     # The four tables come from one read and one validation; a subset selection stores only what was asked for.
     for name in context.op_execution_context.selected_output_names:
         value, metadata = outputs[name]
-        yield Output(value, name, metadata={**metadata, **meta})
+        yield Output(value, name, metadata=readable({**metadata, **meta}))
 
 
 class Sequences(Config):
@@ -91,9 +91,9 @@ def user_sequences(context: AssetExecutionContext, config: Sequences, mlflow: Ml
         run.log_metrics(info)
         meta = run_metadata(run, mlflow.ui_base)
     context.log.info(f"{info['n_users']:,} users with sequences; {info['n_users_too_short']:,} too short to split")
-    return Output(seqs, metadata={**table_metadata(seqs.head(10).with_columns(pl.col(pl.List(pl.Int64)).cast(pl.List(pl.Utf8)).list.join(" "))),
+    return Output(seqs, metadata=readable({**table_metadata(seqs.head(10).with_columns(pl.col(pl.List(pl.Int64)).cast(pl.List(pl.Utf8)).list.join(" "))),
                                   **meta, "dagster/row_count": MetadataValue.int(seqs.height),
-                                  "mean_length": info["mean_length"], "users_too_short": info["n_users_too_short"]})
+                                  "mean_length": info["mean_length"], "users_too_short": info["n_users_too_short"]}))
 
 
 @asset_check(asset=AssetKey("raw_ads"), description="ad_id unique, titles non-empty, table not empty")
@@ -120,7 +120,7 @@ def rejected_ads_share(rejected_ads: pl.DataFrame, raw_ads: pl.DataFrame) -> Ass
     total = rejected_ads.height + raw_ads.height
     share = rejected_ads.height / total if total else 0.0
     return AssetCheckResult(passed=share <= 0.05, severity=AssetCheckSeverity.WARN,
-                            metadata={"rejected_share": share,
+                            metadata={"rejected_share": rounded(share),
                                       "top_reasons": MetadataValue.md(markdown_table(
                                           rejected_ads.group_by("field").len().sort("len", descending=True)))})
 

@@ -5,7 +5,7 @@ import polars as pl
 from dagster import AssetExecutionContext, Config, MetadataValue, Output, asset
 from pydantic import Field
 
-from assets.metadata import markdown_table, run_metadata
+from assets.metadata import markdown_table, readable, run_metadata
 from assets.resources import MlflowTracking
 from unisid_pipeline.embeddings import frame_to_embeddings
 from unisid_pipeline.hierarchy import derive_hierarchy, labels_from_category_path
@@ -49,12 +49,12 @@ def ad_hierarchy_labels(context: AssetExecutionContext, config: HierarchyConfig,
         n_per_level = {c: labels[c].n_unique() for c in ("level_1", "level_2", "level_3")}
         run.log_metrics({f"n_{k}": v for k, v in n_per_level.items()})
         meta = run_metadata(run, mlflow.ui_base)
-    return Output(labels, metadata={
+    return Output(labels, metadata=readable({
         **meta, "dagster/row_count": labels.height, "hierarchy_source": info["hierarchy_source"],
         "labels_per_level": MetadataValue.json(n_per_level),
         "preview": MetadataValue.md(markdown_table(labels)),
         "how": MetadataValue.json({k: v for k, v in info.items() if isinstance(v, (str, int, float, list, dict))}),
-    })
+    }))
 
 
 ASSETS = [ad_hierarchy_labels]

@@ -1,5 +1,5 @@
 """How a training asset launches its trainer: in this process, or as an external torchrun job through
-Dagster Pipes (`PipesSubprocessClient` here; `PipesK8sClient` on a cluster, see docs/SCALING.md).
+Dagster Pipes (`PipesSubprocessClient` here; `PipesK8sClient` on a cluster, see docs/DISTRIBUTED.md).
 
 The external side is a `unisid_pipeline.cli` entry point: it reads parquet inputs and a run-config
 JSON from a work folder, trains (DDP when nproc > 1), writes model.pt / history.json / summary.json

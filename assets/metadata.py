@@ -11,11 +11,23 @@ from dagster import MetadataValue
 from unisid_pipeline.tracking import TrackedRun
 
 
+def rounded(v: float) -> float:
+    """A float as a person reads it: 4 decimals below 100 (0.010666... -> 0.0107), 1 above (841.41 -> 841.4)."""
+    return v if v != v or v in (float("inf"), float("-inf")) else round(v, 4 if abs(v) < 100 else 1)
+
+
+def readable(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Materialization metadata with its plain floats rounded (see `rounded`); other values unchanged."""
+    return {k: rounded(v) if isinstance(v, float) else v for k, v in metadata.items()}
+
+
 def markdown_table(frame: pl.DataFrame, max_rows: int = 10, max_chars: int = 60) -> str:
     head = frame.head(max_rows)
     cols = head.columns
 
     def cell(v: Any) -> str:
+        if isinstance(v, float):
+            v = rounded(v)
         text = "" if v is None else str(v)
         text = text.replace("|", "\\|").replace("\n", " ")
         return text if len(text) <= max_chars else text[: max_chars - 1] + "…"

@@ -21,7 +21,7 @@ from dagster import (
 from pydantic import Field
 
 from assets.config import graph_config, mirror, to_core
-from assets.metadata import device_in_use, figure_metadata, markdown_table, run_metadata
+from assets.metadata import device_in_use, figure_metadata, markdown_table, readable, run_metadata
 from assets.resources import ComputeDevice, MlflowTracking, ProjectHome, optional_input
 from assets.tokenizers import loss_figure
 from unisid_pipeline.embeddings import frame_to_embeddings
@@ -128,9 +128,9 @@ def recommender_asset(method: str):
                          f"N@10 {results['ndcg@10'].mean():.4f}")
         return Output({"method": method, "results": results, "checkpoints": {r["row"]["seed"]: r["checkpoint"] for r in seeds},
                        "sid_model_version": version},
-                      metadata={**meta, "test_metrics": MetadataValue.md(markdown_table(results)),
-                                "loss_curve": figure_metadata(fig), "seeds": results.height,
-                                **{f"test_{k}": round(float(results[k].mean()), 4) for k in ("recall@10", "ndcg@10")}})
+                      metadata=readable({**meta, "test_metrics": MetadataValue.md(markdown_table(results)),
+                                         "loss_curve": figure_metadata(fig), "seeds": results.height,
+                                         **{f"test_{k}": float(results[k].mean()) for k in ("recall@10", "ndcg@10")}}))
 
     @graph_asset(name=name, group_name=GROUP, kinds={"torch", "mlflow"}, owners=["team:recommender"],
                  tags={"stage": "recommender"}, ins={"sids": AssetIn(f"{method}_sids"), "user_sequences": AssetIn()},
@@ -188,9 +188,9 @@ def downstream_eval(context: AssetExecutionContext, config: EvalConfig, mlflow: 
             context.log.info(f"champion tokenizer: {best} -> {champion}")
         run.set_tags({"champion_method": best})
         meta = run_metadata(run, mlflow.ui_base)
-    return Output(table, metadata={**meta, "comparison": MetadataValue.md(markdown_table(table, max_chars=24)),
+    return Output(table, metadata=readable({**meta, "comparison": MetadataValue.md(markdown_table(table, max_chars=24)),
                                    "champion_method": best, "champion_model": champion or "not registered",
-                                   "plot": figure_metadata(fig), "dagster/row_count": table.height})
+                                   "plot": figure_metadata(fig), "dagster/row_count": table.height}))
 
 
 ASSETS = [*RECOMMENDERS, downstream_eval]
@@ -227,8 +227,8 @@ def embedding_retrieval_eval(context: AssetExecutionContext, config: RetrievalCo
         table = pl.DataFrame(rows)
         run.log_table(table, "embedding_retrieval.parquet")
         meta = run_metadata(run, mlflow.ui_base)
-    return Output(table, metadata={**meta, "results": MetadataValue.md(markdown_table(table)),
-                                   "dagster/row_count": table.height})
+    return Output(table, metadata=readable({**meta, "results": MetadataValue.md(markdown_table(table)),
+                                   "dagster/row_count": table.height}))
 
 
 ASSETS.append(embedding_retrieval_eval)

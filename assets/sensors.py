@@ -62,7 +62,7 @@ class IncomingAds(ConfigurableResource):
 
 
 @sensor(job=ads_refresh_job, default_status=DefaultSensorStatus.STOPPED, minimum_interval_seconds=30,
-        description="New or replaced ads* file in the incoming folder ($UNISID_INCOMING, default <home>/incoming) -> "
+        description="New or replaced ads* file in the incoming folder (`$UNISID_INCOMING`, default `<home>/incoming`) -> "
                     "re-run ingestion through the SID tables on it (with the newest interactions* file)")
 def new_ad_files(context: SensorEvaluationContext, incoming_ads: IncomingAds):
     folder = incoming_ads.folder()

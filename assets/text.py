@@ -8,7 +8,7 @@ from dagster import AssetExecutionContext, Config, MetadataValue, Output, asset
 from pydantic import Field
 
 from assets.config import mirror, to_core
-from assets.metadata import device_in_use, markdown_table, run_metadata
+from assets.metadata import device_in_use, markdown_table, readable, run_metadata
 from assets.resources import ComputeDevice, MlflowTracking, ProjectHome
 from unisid_pipeline import paths
 from unisid_pipeline.data.schema import ad_text
@@ -49,7 +49,7 @@ def ad_summaries(context: AssetExecutionContext, config: SummaryRun, mlflow: Mlf
                  project_home: ProjectHome, raw_ads: pl.DataFrame) -> Output[pl.DataFrame]:
     """One short LLM summary per ad (audience, selling points, promotion): UniSID's reconstruction target.
 
-    Cached by (ad content hash, model id, prompt version) in <home>/cache.duckdb: a re-run only
+    Cached by (ad content hash, model id, prompt version) in `<home>/cache.duckdb`: a re-run only
     summarizes new or changed ads, and a killed run resumes from the cache.
     """
     core = to_core(config.summarizer, SummarizerConfig)
@@ -93,11 +93,11 @@ def ad_summaries(context: AssetExecutionContext, config: SummaryRun, mlflow: Mlf
         con.close()
     context.log.info(f"summaries: {n_new:,} new, {table.height - n_new:,} from cache, backend {summarizer.backend} "
                      f"({summarizer.model_id})")
-    return Output(table, metadata={
+    return Output(table, metadata=readable({
         **meta, "dagster/row_count": table.height, "backend": summarizer.backend, "model_id": summarizer.model_id,
         "new_summaries": n_new, "summaries_per_s": metrics["summaries_per_s"],
         "sample": MetadataValue.md(markdown_table(sample, max_rows=8, max_chars=140)),
-    })
+    }))
 
 
 EmbeddingRun = pydantic.create_model(
@@ -114,7 +114,7 @@ def ad_text_embeddings(context: AssetExecutionContext, config: EmbeddingRun, mlf
                        project_home: ProjectHome, raw_ads: pl.DataFrame) -> Output[pl.DataFrame]:
     """Sentence embedding (mean-pooled, L2-normalised) of each ad's text: title, description, brand, category.
 
-    The RQ baselines' input. Cached by (text hash, model id) in <home>/cache.duckdb.
+    The RQ baselines' input. Cached by (text hash, model id) in `<home>/cache.duckdb`.
     """
     core = to_core(config.encoder, TextEncoderConfig)
     used = device_in_use(context, compute, core.device, "the text encoder")
@@ -137,8 +137,8 @@ def ad_text_embeddings(context: AssetExecutionContext, config: EmbeddingRun, mlf
                          "ads_per_s": len(ad_ids) / seconds if seconds > 0 else 0.0})
         meta = run_metadata(run, mlflow.ui_base)
     frame = embeddings_to_frame(ad_ids, x)
-    return Output(frame, metadata={**meta, "dagster/row_count": frame.height, "dim": int(x.shape[1]),
-                                   "model_id": encoder.model_id, "seconds": seconds})
+    return Output(frame, metadata=readable({**meta, "dagster/row_count": frame.height, "dim": int(x.shape[1]),
+                                   "model_id": encoder.model_id, "seconds": seconds}))
 
 
 ASSETS = [ad_summaries, ad_text_embeddings]

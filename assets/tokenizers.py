@@ -16,7 +16,7 @@ from dagster import AssetExecutionContext, AssetIn, Config, MetadataValue, Outpu
 from pydantic import Field
 
 from assets.config import DEVICE_HELP, mirror, to_core
-from assets.metadata import device_in_use, figure_metadata, markdown_table, run_metadata, table_metadata
+from assets.metadata import device_in_use, figure_metadata, markdown_table, readable, run_metadata, table_metadata
 from assets.resources import ComputeDevice, MlflowTracking
 from unisid_pipeline.artifacts import TrainedTokenizer, array_fingerprint, behaviour_fingerprint, state_fingerprint
 from unisid_pipeline.embeddings import frame_to_embeddings
@@ -209,11 +209,11 @@ def sid_table_asset(method: str, model_asset: str, inputs: dict[str, AssetIn],
             context.log.warning(f"{method}: reassign fell back to suffix: {info['fallback_reason']}")
         preview = table.head(10).with_columns(pl.col("codes").cast(pl.List(pl.Utf8)).list.join("-"),
                                               pl.col("raw_codes").cast(pl.List(pl.Utf8)).list.join("-"))
-        return Output(table, metadata={**table_metadata(preview), **meta, "dagster/row_count": table.height,
+        return Output(table, metadata=readable({**table_metadata(preview), **meta, "dagster/row_count": table.height,
                                        "collision_rate_pre": pre["collision_rate"],
                                        "collision_rate_post": post["collision_rate"],
                                        "resolution_used": info["resolution_used"], "sid_length": info["sid_length"],
-                                       "model_version": trained.version})
+                                       "model_version": trained.version}))
 
     return _sids
 

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from assets.config import DEVICE_HELP, mirror, to_core
 from assets.launch import Launcher, check_launcher, fresh_dir, read_history, run_pipes, torchrun_command
-from assets.metadata import device_in_use, figure_metadata, markdown_table, run_metadata
+from assets.metadata import device_in_use, figure_metadata, markdown_table, readable, run_metadata
 from assets.resources import ComputeDevice, MlflowTracking, ProjectHome
 from assets.tokenizers import GROUP, finish_tokenizer, loss_figure, sid_table_asset
 from unisid_pipeline.artifacts import TrainedTokenizer, array_fingerprint
@@ -85,7 +85,7 @@ def unisid_model(context: AssetExecutionContext, config: UniSIDRun, mlflow: Mlfl
     in the training clicks, or its second view) + λ·L_rec (summary reconstruction). The SID is the heads' argmax
     or the residual quantizer fitted on UniSID's own embedding (`model.sid_source`).
 
-    Checkpoints every `checkpoint_every` steps under <home>/checkpoints/unisid/<recipe>; a killed run resumes.
+    Checkpoints every `checkpoint_every` steps under `<home>/checkpoints/unisid/<recipe>`; a killed run resumes.
     launcher='pipes_subprocess' trains in an external torchrun job (nproc processes, DDP) through Dagster Pipes,
     then continues here exactly as in-process: encode, MLflow logging, registration.
     """
@@ -160,10 +160,10 @@ def unisid_model(context: AssetExecutionContext, config: UniSIDRun, mlflow: Mlfl
                                    "last_logits": last_logits}
         meta = run_metadata(run, mlflow.ui_base)
     epochs = pl.DataFrame(history["epoch"]) if history["epoch"] else pl.DataFrame()
-    return Output(trained, metadata={**meta, **pipes_meta, "version": trained.version, "train_seconds": train_s,
+    return Output(trained, metadata=readable({**meta, **pipes_meta, "version": trained.version, "train_seconds": train_s,
                                      "launcher": config.launcher, "world_size": world,
                                      "steps": len(steps), "loss_curve": figure_metadata(fig),
-                                     "per_epoch": MetadataValue.md(markdown_table(epochs, max_chars=12))})
+                                     "per_epoch": MetadataValue.md(markdown_table(epochs, max_chars=12))}))
 
 
 def _encode_unisid(trained: TrainedTokenizer, inputs: dict):
@@ -186,8 +186,8 @@ def unisid_embeddings(context: AssetExecutionContext, mlflow: MlflowTracking, tr
         run.log_metrics({"n_ads": frame.height, "dim": x.shape[1], "min_norm": float(norms.min()),
                          "max_norm": float(norms.max())})
         meta = run_metadata(run, mlflow.ui_base)
-    return Output(frame, metadata={**meta, "dagster/row_count": frame.height, "dim": int(x.shape[1]),
-                                   "model_version": trained.version})
+    return Output(frame, metadata=readable({**meta, "dagster/row_count": frame.height, "dim": int(x.shape[1]),
+                                   "model_version": trained.version}))
 
 
 ASSETS = [unisid_model, unisid_sids, unisid_embeddings]

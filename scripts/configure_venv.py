@@ -32,7 +32,10 @@ def main() -> None:
     site = Path(sysconfig.get_paths()["purelib"])
     pth = site / "unisid_pipeline_env.pth"
     body = "; ".join(f"os.environ.setdefault({k!r}, {v!r})" for k, v in env.items())
-    pth.write_text(f"import os; {body}\n")
+    # `dagster asset materialize` is the command this project documents; Dagster 1.13 calls it superseded by
+    # `dg launch` on every call. The warning is filtered by its text (no dagster import at start-up).
+    quiet = "import warnings; warnings.filterwarnings('ignore', message='Function `asset_materialize_command` is superseded')"
+    pth.write_text(f"import os; {body}; {quiet}\n")
     activate = Path(sys.prefix) / "bin" / "activate"
     text = activate.read_text()
     if MARK in text:

@@ -324,10 +324,11 @@ def test_config_validation_names_the_field(ads):
         train_unisid(train_cfg(), ads, None, labels_of(ads)[:, :2], seed=0, device="cpu")
 
 
-def test_rec_decoder_auto_is_frozen_smollm2_on_cuda_and_tiny_on_cpu():
+def test_rec_decoder_default_is_the_measured_tiny_and_auto_is_smollm2_on_cuda_only():
     from unisid_pipeline.unisid.config import resolve_rec_decoder
 
-    assert UniSIDTrainConfig().rec_decoder == "auto"
+    assert UniSIDTrainConfig().rec_decoder == "tiny"
+    assert resolve_rec_decoder("tiny", "cuda") == "tiny"
     assert resolve_rec_decoder("auto", "cuda") == "smollm2"
     assert resolve_rec_decoder("auto", "cpu") == "tiny"
     assert resolve_rec_decoder("/models/gpt", "cuda") == "/models/gpt"

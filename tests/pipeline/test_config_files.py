@@ -11,7 +11,7 @@ from assets.config import check_run_config, op_config_classes
 from assets.definitions import ALL_ASSETS
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-CASES = [["cpu.yaml", "demo.yaml"], ["beauty.yaml"], ["beauty.yaml", "gpu.yaml"], ["beauty.yaml", "gpu.yaml", "seed1.yaml"],
+CASES = [["cpu.yaml", "demo.yaml"], ["cpu.yaml", "demo.yaml", "unisid_paper.yaml"], ["beauty.yaml"], ["beauty.yaml", "gpu.yaml"], ["beauty.yaml", "gpu.yaml", "seed1.yaml"],
          ["beauty.yaml", "seed2.yaml"]]
 
 
