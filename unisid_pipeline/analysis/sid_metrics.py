@@ -669,7 +669,7 @@ def transition_agreement(
     `seq_agree_l{l}` = mean over pairs of [prefix_l(a) == prefix_l(b)]; `seq_chance_l{l}` = the same
     if a and b were drawn independently from the pairs' previous and next items (sum over prefixes
     of p_prev * p_next), for reference: a coarse level agrees often by chance alone. On Amazon Beauty the tables that trained the weaker TIGER recommenders had the lower
-    `seq_agree` (BENCHMARKS.md, session 5); it is a diagnostic, not a substitute for training one.
+    `seq_agree` (BENCHMARKS.md, "What was tried"); it is a diagnostic, not a substitute for training one.
     """
     table = _check_table(table)
     arr = codes_matrix(table[column], column)

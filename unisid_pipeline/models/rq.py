@@ -257,7 +257,7 @@ class RQVAEConfig:
 
     Defaults follow TIGER (3 levels x 256 codes, latent 32, encoder 512-256-128 with ReLU, beta
     0.25, k-means init). Optimizer: AdamW with lr 1e-3 by default, whose loss converges in tens of
-    epochs (its codes keep becoming more semantic for hundreds: BENCHMARKS.md, session 5); TIGER's
+    epochs (its codes keep becoming more semantic for hundreds: BENCHMARKS.md, "What was tried"); TIGER's
     own setting (Adagrad, lr 0.4, batch 1024, ~20k epochs) is `optimizer="adagrad", lr=0.4`, which
     diverged on MiniLM Beauty embeddings (loss 1.5e3 after 600 epochs, level-1 codes near chance).
 

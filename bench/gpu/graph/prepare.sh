@@ -10,9 +10,7 @@ HOME_DIR=${HOME_DIR:-/work/beauty_home}
 for d in .gw1 .gw2 .gw3 .gwm .gwh; do grep -qx "/$d/" .git/info/exclude 2>/dev/null || echo "/$d/" >> .git/info/exclude; done
 source bench/gpu/wheels.sh
 rm -rf .gw1 .gw2 .gw3 .gwm .gwh /tmp/gw_all && mkdir -p /tmp/gw_all .gwm .gwh
-python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
-  --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
-  -d /tmp/gw_all $(cat bench/gpu/graph/requirements.txt) 2>/dev/null
+gpu_wheels_closure /tmp/gw_all $(cat bench/gpu/graph/requirements.txt) 2>/dev/null
 rm -f /tmp/gw_all/numpy-*.whl /tmp/gw_all/pillow-*.whl
 python3 - <<'PY'
 import os, shutil
