@@ -82,6 +82,8 @@ def recommender_asset(method: str):
         with mlflow.run_for(context, params={**cfg.to_dict(), "method": method, "device_used": cfg.device,
                                              "sid_model_version": version},
                             tags={"method": method, "seed": str(seed)}, name_suffix=f"-seed{seed}") as run:
+            run.log_input(user_sequences, "user_sequences")
+            run.log_input(sids, f"{method}_sids")
             t0 = time.perf_counter()
 
             def on_epoch(row: dict) -> None:

@@ -139,6 +139,8 @@ class MlflowTracking(ConfigurableResource):
     experiment_name: str = "unisid_pipeline"
     ui_url: str = Field("", description=f'MLflow UI base URL for the run links in asset metadata; "" = ${UI_URL_ENV}, '
                         f"else {DEFAULT_UI_URL}")
+    system_metrics_s: float = Field(10.0, description="sample CPU, memory, disk and network (GPU with pynvml) into "
+                                    "every run every this many seconds; 0 = off")
 
     @property
     def ui_base(self) -> str:
@@ -179,6 +181,6 @@ class MlflowTracking(ConfigurableResource):
         tags.update(extra)
         run_name = f"{context.op_handle.name if hasattr(context, 'op_handle') else keys[0]}{name_suffix}-{context.run_id[:8]}"
         with open_run(self.resolved_uri(), self.experiment_name, run_name, tags, params,
-                      artifact_root=paths.mlflow_artifacts(home)) as run:
+                      artifact_root=paths.mlflow_artifacts(home), system_metrics_s=self.system_metrics_s) as run:
             context.log.info(f"MLflow run {run.run_id} ({run.url(self.ui_base)})")
             yield run

@@ -90,6 +90,7 @@ def _fit_rq_tokenizer(context: AssetExecutionContext, config: Config, mlflow: Ml
     params = {**core.__dict__, "seed": config.seed, "device": config.device, "n_items": len(ad_ids), "dim": x.shape[1],
               "device_used": used}
     with mlflow.run_for(context, params=params) as run:
+        run.log_input(frame, "ad_text_embeddings")
         t0 = time.perf_counter()
 
         def progress(row: dict) -> None:

@@ -111,6 +111,8 @@ def unisid_model(context: AssetExecutionContext, config: UniSIDRun, mlflow: Mlfl
               "launcher": config.launcher, "world_size": world,
               "summary_backend": ad_summaries["backend"][0] if "backend" in ad_summaries.columns else "unknown"}
     with mlflow.run_for(context, params=params) as run:
+        run.log_input(raw_ads, "raw_ads")
+        run.log_input(user_sequences, "user_sequences")
         t0 = time.perf_counter()
         last_log = [0.0]
 

@@ -7,10 +7,12 @@ code never touches mlflow directly.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import socket
+import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -79,19 +81,39 @@ def fluent_tracking_uri(uri: str) -> Iterator[None]:
             os.environ["MLFLOW_TRACKING_URI"] = before
 
 
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on training runs, not GenAI
+
+
 def ensure_experiment(uri: str, name: str, artifact_root: Path | None) -> str:
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    location = artifact_root.resolve().as_uri() if artifact_root is not None else None
+    if exp is None:
+        location = artifact_root.resolve().as_uri() if artifact_root is not None else None
+        try:
+            return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+        except mlflow.exceptions.MlflowException:  # created concurrently
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    for key, value in EXPERIMENT_KIND.items():  # an experiment made before the tag existed
+        if exp.tags.get(key) != value:
+            client.set_experiment_tag(exp.experiment_id, key, value)
+    return exp.experiment_id
+
+
+@functools.lru_cache(maxsize=1)
+def source_tags() -> dict[str, str]:
+    """MLflow's own source tags for the code that runs: the git commit (with a `-dirty` mark for uncommitted
+    changes) of this checkout; none outside a git checkout."""
+    repo = Path(__file__).resolve().parents[1]
     try:
-        return client.create_experiment(name, artifact_location=location)
-    except mlflow.exceptions.MlflowException:  # created concurrently
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"mlflow.source.git.commit": commit, "mlflow.source.git.dirty": str(bool(dirty)).lower()}
 
 
 @dataclass
@@ -135,6 +157,14 @@ class TrackedRun:
             parent = str(Path(artifact_file).parent)
             self.log_artifact(path, None if parent == "." else parent)
 
+    def log_input(self, frame: Any, name: str, context: str = "training") -> None:
+        """Record a polars table this run read as an MLflow dataset input (name, digest, schema, row count)."""
+        from mlflow.entities import DatasetInput, InputTag
+
+        dataset = mlflow.data.from_polars(frame, name=name)
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(),
+                                                                   tags=[InputTag("mlflow.data.context", context)])])
+
     def set_tags(self, tags: Mapping[str, str]) -> None:
         for k, v in tags.items():
             self.client.set_tag(self.run_id, k, str(v))
@@ -173,25 +203,43 @@ def open_run(
     tags: Mapping[str, str],
     params: Mapping[str, Any] | None = None,
     artifact_root: Path | None = None,
+    system_metrics_s: float = 0.0,
 ) -> Iterator[TrackedRun]:
-    """One MLflow run: created, tagged, params logged; FINISHED on success, FAILED on error."""
+    """One MLflow run: created, tagged (with the git commit), params logged; FINISHED on success, FAILED on
+    error. system_metrics_s > 0: MLflow's system metrics (CPU, memory, disk, network; GPU where pynvml is
+    installed) sampled every that many seconds while the run is open."""
     check_tracking_uri(tracking_uri)
     with fluent_tracking_uri(tracking_uri):
         exp_id = ensure_experiment(tracking_uri, experiment, artifact_root)
         client = MlflowClient(tracking_uri=tracking_uri)
         mark_killed_runs(client, exp_id)
         owner = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
-        run = client.create_run(exp_id, run_name=run_name, tags={**{k: str(v) for k, v in tags.items()}, **owner})
+        run = client.create_run(exp_id, run_name=run_name,
+                                tags={**source_tags(), **{k: str(v) for k, v in tags.items()}, **owner})
         tracked = TrackedRun(run_id=run.info.run_id, experiment_id=exp_id, tracking_uri=tracking_uri)
+        monitor = _system_metrics(run.info.run_id, tracking_uri, system_metrics_s) if system_metrics_s > 0 else None
         try:
-            if params:
-                tracked.log_params(params)
-            yield tracked
+            try:
+                if params:
+                    tracked.log_params(params)
+                yield tracked
+            finally:
+                if monitor is not None:
+                    monitor.finish()  # its last samples go in before the run ends
         except BaseException:
             client.set_terminated(run.info.run_id, status="FAILED")
             raise
         else:
             client.set_terminated(run.info.run_id, status="FINISHED")
+
+
+def _system_metrics(run_id: str, tracking_uri: str, interval_s: float):
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no start/stop lines per run
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, tracking_uri=tracking_uri)
+    monitor.start()
+    return monitor
 
 
 def mark_killed_runs(client: MlflowClient, experiment_id: str) -> list[str]:

@@ -237,3 +237,24 @@ def test_every_model_stage_says_which_device_it_used(materialized, instance):
     runs = client.search_runs([client.get_experiment_by_name("unisid_pipeline").experiment_id])
     used = {r.data.tags["dagster.asset_key"]: r.data.params["device_used"] for r in runs if "device_used" in r.data.params}
     assert {used[a] for a in ("ad_text_embeddings", "rq_kmeans_model", "unisid_model", "recommender_rq_vae")} == {expected}
+
+
+def test_mlflow_runs_carry_their_inputs_and_commit_and_the_experiment_opens_on_training(materialized):
+    """What MLflow's UI shows of a run: the datasets it read and the code's git commit; the experiment is a
+    model-training one (its UI opens on runs, not on the GenAI overview). System metrics: test_tracking."""
+    home, _ = materialized
+    client = MlflowClient(tracking_uri=paths.mlflow_uri(home))
+    exp = client.get_experiment_by_name("unisid_pipeline")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([exp.experiment_id])
+    unisid = next(r for r in runs if r.data.tags["dagster.asset_key"] == "unisid_model")
+    assert {d.dataset.name for d in unisid.inputs.dataset_inputs} == {"raw_ads", "user_sequences"}
+    seed = next(r for r in runs if r.data.tags.get("method") == "rq_vae" and "seed" in r.data.tags)
+    assert {d.dataset.name for d in seed.inputs.dataset_inputs} == {"user_sequences", "rq_vae_sids"}
+    import subprocess
+    from pathlib import Path
+
+    head = subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[2]), "rev-parse", "HEAD"],
+                          capture_output=True, text=True)
+    if head.returncode == 0:
+        assert {r.data.tags["mlflow.source.git.commit"] for r in runs} == {head.stdout.strip()}
