@@ -49,15 +49,16 @@ class SidTableConfig(Config):
 
 
 def finish_tokenizer(context: AssetExecutionContext, run, method: str, model: Any, history: dict, info: dict,
-                     register: bool, recipe: dict, codes: np.ndarray) -> TrainedTokenizer:
-    """Fingerprint, register (only when recipe or codes changed) and wrap a trained tokenizer."""
+                     register: bool, recipe: dict, codes: np.ndarray, example: pl.DataFrame) -> TrainedTokenizer:
+    """Fingerprint, register (only when recipe or codes changed; a pyfunc model whose input example is the head
+    of `example`, the table the tokenizer reads) and wrap a trained tokenizer."""
     fingerprint = behaviour_fingerprint({"method": method, **recipe}, codes)
     trained = TrainedTokenizer(method=method, model=model.cpu().eval(), fingerprint=fingerprint,
                                weights=state_fingerprint(model), history=history, info=info)
     run.set_tags({"weights_fingerprint": fingerprint, "state_sha256": trained.weights, "method": method})
     if register:
         version, created = register_if_changed(run, trained.model, "model", REGISTRY_NAMES[method], fingerprint,
-                                               tags={"method": method})
+                                               tags={"method": method}, example=example)
         trained.registered_name, trained.registered_version = REGISTRY_NAMES[method], version
         context.log.info(f"registry: {REGISTRY_NAMES[method]} version {version} ({'new' if created else 'unchanged weights, reused'})")
     return trained
@@ -104,7 +105,8 @@ def _fit_rq_tokenizer(context: AssetExecutionContext, config: Config, mlflow: Ml
         seconds = time.perf_counter() - t0
         run.log_metrics({"train_seconds": seconds})
         trained = finish_tokenizer(context, run, method, model, history, {"train_seconds": seconds},
-                                   config.register_model, recipe=_recipe(config, ad_ids, x), codes=model.encode(x))
+                                   config.register_model, recipe=_recipe(config, ad_ids, x), codes=model.encode(x),
+                                   example=frame)
         metadata = {**run_metadata(run, mlflow.ui_base), "version": trained.version, "train_seconds": seconds,
                     **extra(run, history)}
     return Output(trained, metadata=metadata)

@@ -157,7 +157,7 @@ def unisid_model(context: AssetExecutionContext, config: UniSIDRun, mlflow: Mlfl
         run.log_figure(fig, "loss_curve.png")
         run.log_metrics({"train_seconds": train_s})
         trained = finish_tokenizer(context, run, "unisid", model, history, {"train_seconds": train_s},
-                                   config.register_model, recipe=recipe, codes=codes)
+                                   config.register_model, recipe=recipe, codes=codes, example=raw_ads)
         trained.info["outputs"] = {"ad_ids": raw_ads["ad_id"].to_numpy(), "codes": codes, "embeddings": emb,
                                    "last_logits": last_logits}
         meta = run_metadata(run, mlflow.ui_base)

@@ -47,3 +47,67 @@ def set_rng_state(s: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
     np.random.set_state(s["numpy"])
     random.setstate(s["python"])
+
+
+TENSORS_FILE, STRUCTURE_FILE = "weights.safetensors", "checkpoint.json"
+
+
+def save_checkpoint_dir(checkpoint: dict[str, Any], directory: Path) -> None:
+    """Write a model's `to_checkpoint()` dict without pickle: its tensors (and numpy arrays) into one
+    safetensors file, everything else (configs, ids, bytes as base64) into JSON that points at them.
+    `load_checkpoint_dir` gives the same dict back; nothing in either file can run code when loaded."""
+    import base64
+    import json
+
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(obj: Any, key: str) -> Any:
+        if isinstance(obj, torch.Tensor):
+            tensors[key] = obj.detach().cpu().contiguous().clone()
+            return {"__tensor__": key}
+        if isinstance(obj, np.ndarray):
+            tensors[key] = torch.from_numpy(np.ascontiguousarray(obj)).clone()
+            return {"__ndarray__": key}
+        if isinstance(obj, bytes):
+            return {"__bytes__": base64.b64encode(obj).decode("ascii")}
+        if isinstance(obj, dict):
+            return {"__dict__": [[k, walk(v, f"{key}/{k}")] for k, v in obj.items()]}
+        if isinstance(obj, (list, tuple)):
+            return [walk(v, f"{key}/{i}") for i, v in enumerate(obj)]
+        if isinstance(obj, (str, int, float, bool)) or obj is None:
+            return obj
+        raise TypeError(f"cannot store {type(obj).__name__} at {key!r} without pickle")
+
+    structure = walk(checkpoint, "")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(directory / TENSORS_FILE))
+    (directory / STRUCTURE_FILE).write_text(json.dumps(structure))
+
+
+def load_checkpoint_dir(directory: Path) -> dict[str, Any]:
+    """The dict `save_checkpoint_dir` wrote (tensors on the CPU)."""
+    import base64
+    import json
+
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    tensors = load_file(str(directory / TENSORS_FILE))
+
+    def build(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            if "__tensor__" in obj:
+                return tensors[obj["__tensor__"]]
+            if "__ndarray__" in obj:
+                return tensors[obj["__ndarray__"]].numpy()
+            if "__bytes__" in obj:
+                return base64.b64decode(obj["__bytes__"])
+            return {k: build(v) for k, v in obj["__dict__"]}
+        if isinstance(obj, list):
+            return [build(v) for v in obj]
+        return obj
+
+    return build(json.loads((directory / STRUCTURE_FILE).read_text()))

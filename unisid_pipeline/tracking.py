@@ -1,4 +1,4 @@
-"""MLflow tracking: the one core module that imports mlflow.
+"""MLflow tracking: with `serving` (the pyfunc tokenizers), the only core modules that import mlflow.
 
 `open_run` starts one MLflow run (for one asset materialization), tags it, logs params, and ends
 it FINISHED or FAILED. `TrackedRun` wraps the run with the logging calls the assets use, so asset
@@ -169,23 +169,14 @@ class TrackedRun:
         for k, v in tags.items():
             self.client.set_tag(self.run_id, k, str(v))
 
-    def log_torch_model(self, model: Any, name: str, registered_model_name: str | None = None,
-                        tags: Mapping[str, str] | None = None) -> str | None:
-        """Log a torch model (pickle format, keeps custom methods such as `encode`); register it.
+    def log_tokenizer(self, model: Any, name: str, example: Any, registered_model_name: str | None = None,
+                      tags: Mapping[str, str] | None = None) -> str | None:
+        """Log a tokenizer as an MLflow pyfunc model (safetensors weights, signature, input example `example`,
+        requirements pinned to this environment; `serving`); register it. Returns the version or None."""
+        from unisid_pipeline.serving import log_tokenizer
 
-        Returns the registry version (as a string) or None when not registered.
-        """
-        import mlflow.pytorch
-
-        # log_model logs into the active run: re-activate ours for the call.
-        with mlflow.start_run(run_id=self.run_id):
-            info = mlflow.pytorch.log_model(
-                model,
-                name=name,
-                serialization_format="pickle",
-                pip_requirements=["torch", "numpy", "polars", "transformers"],
-                code_paths=[str(Path(__file__).resolve().parent)],
-            )
+        with mlflow.start_run(run_id=self.run_id):  # log_model logs into the active run: ours
+            info = log_tokenizer(model, name, example, pinned_requirements())
         if not registered_model_name:
             return None
         mv = mlflow.register_model(info.model_uri, registered_model_name, tags=dict(tags or {}))
@@ -265,9 +256,23 @@ def mark_killed_runs(client: MlflowClient, experiment_id: str) -> list[str]:
     return marked
 
 
+def pinned_requirements() -> list[str]:
+    """The packages a served tokenizer imports, pinned to the versions that trained it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for pkg in ("torch", "numpy", "polars", "pandas", "transformers", "safetensors", "mlflow"):
+        try:
+            out.append(f"{pkg}=={version(pkg)}")
+        except PackageNotFoundError:
+            out.append(pkg)
+    return out
+
+
 def register_if_changed(run: TrackedRun, model: Any, name: str, registered_model_name: str, fingerprint: str,
-                        tags: Mapping[str, str] | None = None) -> tuple[str, bool]:
-    """Log + register `model` unless a version with the same weights fingerprint exists.
+                        tags: Mapping[str, str] | None = None, example: Any = None) -> tuple[str, bool]:
+    """Log + register `model` (a pyfunc tokenizer, input example `example`: ads for UniSID, ad_id + embedding
+    for the RQ tokenizers; None = a one-row zero embedding) unless a version with the same weights fingerprint exists.
 
     Returns (version, created). Re-materializing with the same config and data therefore adds no
     registry version; a changed model always gets a new one.
@@ -282,8 +287,12 @@ def register_if_changed(run: TrackedRun, model: Any, name: str, registered_model
             run.set_tags({"registered_model": registered_model_name, "registered_version": mv.version,
                           "registry_reused": "true"})
             return str(mv.version), False
-    version = run.log_torch_model(model, name, registered_model_name=registered_model_name,
-                                  tags={"weights_fingerprint": fingerprint, **dict(tags or {})})
+    if example is None:
+        import polars as pl
+
+        example = pl.DataFrame({"ad_id": [0], "embedding": [[0.0] * int(model.input_dim)]})
+    version = run.log_tokenizer(model, name, example, registered_model_name=registered_model_name,
+                                tags={"weights_fingerprint": fingerprint, **dict(tags or {})})
     run.set_tags({"registered_model": registered_model_name, "registered_version": version})
     return str(version), True
 
@@ -293,8 +302,9 @@ def set_alias(tracking_uri: str, registered_model_name: str, alias: str, version
 
 
 def load_registered_model(tracking_uri: str, model_uri: str) -> Any:
-    """Load a registered torch model, e.g. `models:/rq_kmeans_tokenizer/1` or `models:/unisid_tokenizer@champion`."""
-    import mlflow.pytorch
+    """A registered tokenizer with its `encode`, e.g. `models:/rq_kmeans_tokenizer/1` or
+    `models:/unisid_tokenizer@champion` (pyfunc versions; older pickled versions where they still load)."""
+    from unisid_pipeline.serving import load_tokenizer
 
     with fluent_tracking_uri(tracking_uri):
-        return mlflow.pytorch.load_model(model_uri, map_location="cpu")
+        return load_tokenizer(model_uri)

@@ -258,3 +258,98 @@ def test_mlflow_runs_carry_their_inputs_and_commit_and_the_experiment_opens_on_t
                           capture_output=True, text=True)
     if head.returncode == 0:
         assert {r.data.tags["mlflow.source.git.commit"] for r in runs} == {head.stdout.strip()}
+
+
+def test_mlflow_models_serve_answers_with_the_champion_tokenizers_sids(materialized):
+    """`mlflow models serve` of `@champion` on loopback: a REST request with ads (UniSID) or their text embeddings
+    (RQ tokenizers) gets back the SIDs the pipeline stored before collision resolution."""
+    import json
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    home, _ = materialized
+    db = paths.warehouse_path(home)
+    client = MlflowClient(tracking_uri=paths.mlflow_uri(home))
+    name = next(n for n in ("rq_kmeans_tokenizer", "rq_vae_tokenizer", "unisid_tokenizer")
+                if "champion" in client.get_registered_model(n).aliases)
+    method = name.removesuffix("_tokenizer")
+    if method == "unisid":
+        frame = warehouse.read_table(db, "raw_ads").head(5)
+    else:
+        frame = warehouse.read_table(db, "ad_text_embeddings").head(5)
+        frame = frame.with_columns(pl.col("embedding").cast(pl.List(pl.Float64)))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # mlflow starts `uvicorn` by name: the venv's bin must be on PATH (as it is with the venv activated)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": paths.mlflow_uri(home),
+           "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"}
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{name}@champion",
+                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, server.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "mlflow models serve did not come up in 180 s"
+            time.sleep(1)
+        body = json.dumps({"dataframe_split": {"columns": frame.columns, "data": frame.rows()}}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                predictions = json.loads(r.read())["predictions"]
+        except urllib.error.HTTPError as exc:
+            raise AssertionError(f"HTTP {exc.code}: {exc.read().decode()[:3000]}") from None
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    stored = dict(zip(*warehouse.read_table(db, f"{method}_sids").select("ad_id", "raw_codes").to_dict(as_series=False).values()))
+    assert [p["ad_id"] for p in predictions] == frame["ad_id"].to_list()
+    assert all(p["sid"] == stored[p["ad_id"]] for p in predictions)
+
+
+def test_registered_tokenizers_are_pyfunc_models_with_safetensors_weights_and_no_pickle(materialized, tmp_path):
+    import mlflow
+
+    from unisid_pipeline.tracking import fluent_tracking_uri
+
+    home, _ = materialized
+    with fluent_tracking_uri(paths.mlflow_uri(home)):
+        for name in ("rq_kmeans_tokenizer", "rq_vae_tokenizer", "unisid_tokenizer"):
+            info = mlflow.models.get_model_info(f"models:/{name}/1")
+            assert "python_function" in info.flavors and "pytorch" not in info.flavors
+            assert info.signature is not None and info.saved_input_example_info is not None
+            local = mlflow.artifacts.download_artifacts(f"models:/{name}/1", dst_path=str(tmp_path / name))
+            files = [p.name for p in __import__("pathlib").Path(local).rglob("*") if p.is_file()]
+            assert "weights.safetensors" in files and not [f for f in files if f.endswith((".pkl", ".pt", ".pth"))], files
+
+
+def test_the_readme_python_example_runs_as_written(materialized, tmp_path):
+    """The README's registry example, verbatim, from a folder whose `.unisid_home` is this test's home."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    home, _ = materialized
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    (tmp_path / ".unisid_home").symlink_to(home)
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert re.search(r"ad_id\s+sid\s+embedding", out.stdout), out.stdout
