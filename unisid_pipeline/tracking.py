@@ -27,6 +27,7 @@ from unisid_pipeline.processes import pid_alive
 log = logging.getLogger(__name__)
 
 MAX_PARAM_CHARS = 6000
+FORMAT_TAG, MODEL_FORMAT = "unisid.format", "pyfunc-safetensors/1"  # registry version tag: how the model is stored
 HOST_TAG, PID_TAG = "unisid.host", "unisid.pid"  # who runs an MLflow run, to tell a killed run from a live one
 
 
@@ -282,8 +283,8 @@ def register_if_changed(run: TrackedRun, model: Any, name: str, registered_model
         existing = client.search_model_versions(f"name = '{registered_model_name}'")
     except mlflow.exceptions.MlflowException:
         existing = []
-    for mv in existing:
-        if mv.tags.get("weights_fingerprint") == fingerprint:
+    for mv in existing:  # a version of an older format (a pickled torch model) is not reused: it gets a pyfunc successor
+        if mv.tags.get("weights_fingerprint") == fingerprint and mv.tags.get(FORMAT_TAG) == MODEL_FORMAT:
             run.set_tags({"registered_model": registered_model_name, "registered_version": mv.version,
                           "registry_reused": "true"})
             return str(mv.version), False
@@ -292,7 +293,7 @@ def register_if_changed(run: TrackedRun, model: Any, name: str, registered_model
 
         example = pl.DataFrame({"ad_id": [0], "embedding": [[0.0] * int(model.input_dim)]})
     version = run.log_tokenizer(model, name, example, registered_model_name=registered_model_name,
-                                tags={"weights_fingerprint": fingerprint, **dict(tags or {})})
+                                tags={"weights_fingerprint": fingerprint, FORMAT_TAG: MODEL_FORMAT, **dict(tags or {})})
     run.set_tags({"registered_model": registered_model_name, "registered_version": version})
     return str(version), True
 

@@ -353,3 +353,34 @@ def test_the_readme_python_example_runs_as_written(materialized, tmp_path):
                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
     assert re.search(r"ad_id\s+sid\s+embedding", out.stdout), out.stdout
+
+
+def test_unisid_encode_gives_new_and_known_ads_their_sids_and_keeps_bad_rows(materialized, tmp_path, capsys):
+    """`unisid encode` on an ads file: known ads get the SIDs the pipeline stored (raw, before resolution), a new
+    ad gets one, a bad row is rejected with its reason into <out>.rejected.parquet; the output is Parquet."""
+    from unisid_pipeline.cli.main import main
+
+    home, _ = materialized
+    db = paths.warehouse_path(home)
+    known = warehouse.read_table(db, "raw_ads").head(2)
+    new = known.head(1).with_columns(pl.lit(10_001).cast(known["ad_id"].dtype).alias("ad_id"),
+                                     pl.lit("Brand-new ad never seen in training").alias("title"))
+    bad = known.head(1).with_columns(pl.lit(10_002).cast(known["ad_id"].dtype).alias("ad_id"), pl.lit("  ").alias("title"))
+    ads = tmp_path / "new_ads.jsonl"
+    pl.concat([known, new, bad]).write_ndjson(ads)
+    out = tmp_path / "sids.parquet"
+    rc = main(["encode", "--ads", str(ads), "--out", str(out), "--model", "models:/unisid_tokenizer/latest",
+               "--tracking-uri", paths.mlflow_uri(home)])
+    assert rc == 0, capsys.readouterr().err
+    got = pl.read_parquet(out)
+    assert got["ad_id"].to_list() == [*known["ad_id"].to_list(), 10_001]
+    stored = dict(zip(*warehouse.read_table(db, "unisid_sids").select("ad_id", "raw_codes").to_dict(as_series=False).values()))
+    assert [got["sid"][i].to_list() for i in range(2)] == [stored[a] for a in known["ad_id"].to_list()]
+    assert len(got["sid"][2]) == 3 and len(got["embedding"][2]) == 16
+    rejected = pl.read_parquet(tmp_path / "sids.rejected.parquet")
+    assert rejected.height == 1 and rejected["field"][0] == "title" and "empty" in rejected["reason"][0]
+    assert "1 row(s)" in capsys.readouterr().err
+    # a file that cannot be used: the ingestion readers' message and exit code 2, nothing written
+    assert main(["encode", "--ads", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "x.parquet"),
+                 "--tracking-uri", paths.mlflow_uri(home)]) == 2
+    assert "missing.csv: file does not exist" in capsys.readouterr().err and not (tmp_path / "x.parquet").exists()
