@@ -152,7 +152,7 @@ class MlflowTracking(ConfigurableResource):
     def setup_for_execution(self, context: InitResourceContext) -> None:
         """At run start, before any step (every tracked asset holds this resource): the run config of every op
         is valid, and the tracking server answers. A bad value or a dead server fails the launch, not step 9."""
-        run = context.dagster_run
+        run = context.run
         if run is not None and run.run_config:
             from assets.definitions import ALL_ASSETS  # the module that imports this one
 
@@ -165,13 +165,15 @@ class MlflowTracking(ConfigurableResource):
         """Open the MLflow run for this materialization (or for one step of it: `tags` and `name_suffix`
         tell it apart, e.g. one recommender seed); adds the run id/url to the asset metadata."""
         extra = tags or {}
+        op_context = getattr(context, "op_execution_context", context)  # the op's view, asset context or not
         keys = sorted("/".join(k.path) for k in context.selected_asset_keys)
         home = paths.project_home(self.home or None)
+        step = op_context.op_handle.name if hasattr(op_context, "op_handle") else ""
         tags = {
-            "dagster.run_id": context.run_id,
+            "dagster.run_id": op_context.run_id,
             "dagster.asset_key": ",".join(keys),
-            "dagster.job": context.job_name or "",
-            "dagster.step": context.op_handle.name if hasattr(context, "op_handle") else "",
+            "dagster.job": op_context.job_name or "",
+            "dagster.step": step,
         }
         if context.has_partition_key:
             tags["dagster.partition"] = context.partition_key
@@ -179,7 +181,7 @@ class MlflowTracking(ConfigurableResource):
 
         tags.update(environment_tags())
         tags.update(extra)
-        run_name = f"{context.op_handle.name if hasattr(context, 'op_handle') else keys[0]}{name_suffix}-{context.run_id[:8]}"
+        run_name = f"{step or keys[0]}{name_suffix}-{op_context.run_id[:8]}"
         with open_run(self.resolved_uri(), self.experiment_name, run_name, tags, params,
                       artifact_root=paths.mlflow_artifacts(home), system_metrics_s=self.system_metrics_s) as run:
             context.log.info(f"MLflow run {run.run_id} ({run.url(self.ui_base)})")
