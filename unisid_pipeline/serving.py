@@ -100,6 +100,15 @@ def log_tokenizer(model: Any, name: str, example: pl.DataFrame, pip_requirements
         )
 
 
+def load_pyfunc(model_uri: str) -> tuple[str | None, Any]:
+    """(method, pyfunc model) of a registered version; method None for a model that is not one of ours."""
+    model = mlflow.pyfunc.load_model(model_uri)
+    try:
+        return getattr(model.unwrap_python_model(), "method", None), model
+    except mlflow.exceptions.MlflowException:  # a flavor with no Python model (an old pickled torch version)
+        return None, model
+
+
 def load_tokenizer(model_uri: str) -> Any:
     """The tokenizer object (with its `encode`) of a registered version: a pyfunc version's weights, or, for a
     version registered before the pyfunc format, its pickled torch model."""

@@ -43,11 +43,10 @@ def encode(args: argparse.Namespace) -> int:
               f"(most: {', '.join(f'{f} {n}' for f, n in top.iter_rows())})", file=sys.stderr)
     if result.clean.height == 0:
         raise InputFileError(args.ads, None, "no valid ad rows", "fix the rows listed in the rejected file and re-run")
-    import mlflow
+    from unisid_pipeline.serving import load_pyfunc
 
     with fluent_tracking_uri(_tracking_uri(args.tracking_uri)):
-        model = mlflow.pyfunc.load_model(args.model)
-        method = getattr(model.unwrap_python_model(), "method", None)
+        method, model = load_pyfunc(args.model)
         if method != "unisid":
             raise SystemExit(f"unisid encode: {args.model} is a {method or 'non-pyfunc'} tokenizer, which reads text "
                              "embeddings, not ads; give a UniSID tokenizer (models:/unisid_tokenizer@champion or /N)")
