@@ -22,7 +22,7 @@ from unisid_pipeline.artifacts import TrainedTokenizer, array_fingerprint, behav
 from unisid_pipeline.embeddings import frame_to_embeddings
 from unisid_pipeline.models.rq import RQKMeansConfig, RQVAEConfig, fit_rq_kmeans, train_rq_vae
 from unisid_pipeline.sid import LazyRowCost, build_sid_table
-from unisid_pipeline.tracking import register_if_changed
+from unisid_pipeline.tracking import alias_version, register_if_changed
 
 GROUP = "tokenizers"
 REGISTRY_NAMES = {"rq_kmeans": "rq_kmeans_tokenizer", "rq_vae": "rq_vae_tokenizer", "unisid": "unisid_tokenizer"}
@@ -61,6 +61,11 @@ def finish_tokenizer(context: AssetExecutionContext, run, method: str, model: An
                                                tags={"method": method}, example=example)
         trained.registered_name, trained.registered_version = REGISTRY_NAMES[method], version
         context.log.info(f"registry: {REGISTRY_NAMES[method]} version {version} ({'new' if created else 'unchanged weights, reused'})")
+        champion = alias_version(run.tracking_uri, REGISTRY_NAMES[method], "champion")
+        if champion is not None and champion != version:
+            context.log.warning(f"{REGISTRY_NAMES[method]} version {version} is not the champion: @champion still points at "
+                                f"version {champion} until downstream_eval picks again (materialize it, or set the alias "
+                                "in the MLflow UI)")
     return trained
 
 

@@ -298,6 +298,14 @@ def register_if_changed(run: TrackedRun, model: Any, name: str, registered_model
     return str(version), True
 
 
+def alias_version(tracking_uri: str, registered_model_name: str, alias: str) -> str | None:
+    """The version an alias points at, or None (no such alias or model)."""
+    try:
+        return str(MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(registered_model_name, alias).version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
 def set_alias(tracking_uri: str, registered_model_name: str, alias: str, version: str) -> None:
     MlflowClient(tracking_uri=tracking_uri).set_registered_model_alias(registered_model_name, alias, version)
 

@@ -384,3 +384,22 @@ def test_unisid_encode_gives_new_and_known_ads_their_sids_and_keeps_bad_rows(mat
     assert main(["encode", "--ads", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "x.parquet"),
                  "--tracking-uri", paths.mlflow_uri(home)]) == 2
     assert "missing.csv: file does not exist" in capsys.readouterr().err and not (tmp_path / "x.parquet").exists()
+
+
+def test_a_new_version_that_is_not_the_champion_says_so(materialized, tmp_path):
+    import shutil
+
+    from unisid_pipeline.tracking import set_alias
+
+    home, _ = materialized
+    copy = tmp_path / "home"
+    shutil.copytree(home, copy)
+    set_alias(paths.mlflow_uri(copy), "rq_kmeans_tokenizer", "champion", "1")
+    job = build_definitions(home=str(copy)).resolve_job_def("full_pipeline").get_subset(
+        asset_selection={AssetKey("rq_kmeans_model")})
+    cfg = {"ops": {"rq_kmeans_model": {"config": {**RUN_CONFIG["ops"]["rq_kmeans_model"]["config"], "seed": 7}}}}
+    instance = DagsterInstance.ephemeral()
+    result = job.execute_in_process(run_config=cfg, instance=instance)
+    messages = [e.user_message for e in instance.all_logs(result.run_id)]
+    assert any(m.startswith("rq_kmeans_tokenizer version 2 is not the champion: @champion still points at version 1")
+               for m in messages), [m for m in messages if "registry" in m]
