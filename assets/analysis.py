@@ -84,6 +84,34 @@ class SidCheckThresholds(ConfigurableResource):
     max_collision_rate_post: float = Field(0.0, description="largest acceptable post-resolution collision rate")
     min_level_utilization: float = Field(0.05, description="smallest acceptable share of a codebook level in use")
     utilization_severity: Literal["WARN", "ERROR"] = Field("WARN", description="severity of a low-utilization result")
+    max_summary_fallback_share: float = Field(0.05, description="largest acceptable share of ads whose LLM summary "
+                                              "came out empty (the fallback marker)")
+
+
+def sid_table_check(method: str):
+    """A blocking check on `<method>_sids`: every ad has a distinct SID after collision resolution. A failure stops
+    the run's downstream steps (the recommender would decode one SID into two ads)."""
+
+    @asset_check(asset=AssetKey(f"{method}_sids"), name=f"{method}_sids_distinct", blocking=True,
+                 description="every ad has its own SID after collision resolution (blocking: stops the recommender)")
+    def _check(table: pl.DataFrame) -> AssetCheckResult:
+        keys = table.select(pl.col("codes").cast(pl.List(pl.Utf8)).list.join("-")).to_series()
+        dup = table.height - keys.n_unique()
+        return AssetCheckResult(passed=dup == 0, metadata={"ads": table.height, "ads_sharing_a_sid": dup})
+
+    return _check
+
+
+@asset_check(asset=AssetKey("ad_summaries"), description="share of ads whose summary fell back to the marker text")
+def summaries_fallback_share(ad_summaries: pl.DataFrame, sid_check_thresholds: SidCheckThresholds) -> AssetCheckResult:
+    from unisid_pipeline.llm.summarizer import FALLBACK_SUMMARY
+
+    n = int((ad_summaries["summary"] == FALLBACK_SUMMARY).sum())
+    share = n / ad_summaries.height if ad_summaries.height else 0.0
+    return AssetCheckResult(passed=share <= sid_check_thresholds.max_summary_fallback_share,
+                            severity=AssetCheckSeverity.WARN,
+                            metadata={"fallback_summaries": n, "share": round(share, 4),
+                                      "threshold": sid_check_thresholds.max_summary_fallback_share})
 
 
 @asset_check(asset=AssetKey("sid_collision_report"), description="post-resolution collision rate within its threshold (0 by default)")
@@ -108,4 +136,5 @@ def codebook_utilization_floor(sid_collision_report: pl.DataFrame, sid_check_thr
 
 
 ASSETS = [sid_collision_report]
-CHECKS = [sids_collision_free, codebook_utilization_floor]
+CHECKS = [sids_collision_free, codebook_utilization_floor, summaries_fallback_share,
+          *[sid_table_check(m) for m in SID_METHODS]]

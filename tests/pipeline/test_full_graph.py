@@ -403,3 +403,21 @@ def test_a_new_version_that_is_not_the_champion_says_so(materialized, tmp_path):
     messages = [e.user_message for e in instance.all_logs(result.run_id)]
     assert any(m.startswith("rq_kmeans_tokenizer version 2 is not the champion: @champion still points at version 1")
                for m in messages), [m for m in messages if "registry" in m]
+
+
+def test_asset_checks_guard_the_sid_tables_and_the_summaries(materialized):
+    _, result = materialized
+    evals = {e.event_specific_data.check_name: e.event_specific_data.passed
+             for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+    for name in ("rq_kmeans_sids_distinct", "rq_vae_sids_distinct", "unisid_sids_distinct", "summaries_fallback_share"):
+        assert evals.get(name) is True, (name, evals)
+
+
+def test_a_sid_table_with_shared_sids_fails_its_blocking_check():
+    from assets.analysis import sid_table_check
+
+    check = sid_table_check("rq_vae")
+    table = pl.DataFrame({"ad_id": [1, 2, 3], "codes": [[0, 1, 0], [0, 1, 0], [2, 3, 0]]})
+    result = check(table)
+    assert result.passed is False and result.metadata["ads_sharing_a_sid"].value == 1
+    assert check.check_specs_by_output_name and all(s.blocking for s in check.check_specs)
