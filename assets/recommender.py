@@ -219,10 +219,10 @@ def embedding_retrieval_eval(context: AssetExecutionContext, config: RetrievalCo
         for name, frame in (("text_encoder", ad_text_embeddings), ("unisid", unisid_embeddings)):
             ad_ids, x = frame_to_embeddings(frame)
             n_neg = min(config.n_negatives, len(ad_ids) - 2)
-            if n_neg < config.n_negatives:
+            if n_neg < config.n_negatives and not rows:  # said once: every model here embeds the same catalog
                 context.log.warning(f"catalog of {len(ad_ids)} ads: {n_neg} negatives per query instead of {config.n_negatives}")
             res = retrieval_recall(ad_ids, x, pairs, n_negatives=n_neg, seed=config.seed)
-            context.log.info(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in res.items() if isinstance(v, float))
+            context.log.info(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in res.items() if k.startswith("recall@"))
                              + f" ({len(pairs):,} held-out pairs, 1 positive vs {n_neg} negatives)")
             rows.append({"model": name, "n_negatives": n_neg, **res})
             run.log_metrics({f"{name}.{k}": v for k, v in res.items()})

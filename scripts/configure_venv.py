@@ -34,7 +34,9 @@ def main() -> None:
     body = "; ".join(f"os.environ.setdefault({k!r}, {v!r})" for k, v in env.items())
     # `dagster asset materialize` is the command this project documents; Dagster 1.13 calls it superseded by
     # `dg launch` on every call. The warning is filtered by its text (no dagster import at start-up).
-    quiet = "import warnings; warnings.filterwarnings('ignore', message='Function `asset_materialize_command` is superseded')"
+    # Its selection parser also passes a beta parameter on every `--select '*'`: not ours to fix, filtered the same way.
+    quiet = ("import warnings; warnings.filterwarnings('ignore', message='Function `asset_materialize_command` is superseded'); "
+             "warnings.filterwarnings('ignore', message='Parameter `include_sources` of function')")
     pth.write_text(f"import os; {body}; {quiet}\n")
     activate = Path(sys.prefix) / "bin" / "activate"
     text = activate.read_text()
