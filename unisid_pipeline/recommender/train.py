@@ -21,12 +21,12 @@ import numpy as np
 import polars as pl
 import torch
 
+from unisid_pipeline.checkpoint import atomic_save, rng_state, set_rng_state
 from unisid_pipeline.recommender.batching import epoch_batches, padded_length
 from unisid_pipeline.recommender.ema import ParameterEMA
 from unisid_pipeline.recommender.evaluate import check_sequences, rank_histories
 from unisid_pipeline.recommender.model import GenerativeRecommender, RecommenderConfig, autocast_ctx
 from unisid_pipeline.recommender.vocab import SIDVocab
-from unisid_pipeline.checkpoint import atomic_save, rng_state, set_rng_state
 from unisid_pipeline.distributed import DistContext
 from unisid_pipeline.files import remove_dead_temps
 from unisid_pipeline.metrics import ranking_metrics
