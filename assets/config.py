@@ -167,11 +167,13 @@ def check_config(cfg: Config, where: str) -> None:
             raise ValueError(f"invalid run config {where}: {exc}") from None
 
 
-def graph_config(cls: type[Config], op_name: str) -> ConfigMapping:
-    """The run config of a graph-backed asset: `cls`'s fields at ops.<asset>.config, handed to its op `op_name`."""
+def graph_config(cls: type[Config], op_name: str, also: dict[str, list[str]] | None = None) -> ConfigMapping:
+    """The run config of a graph-backed asset: `cls`'s fields at ops.<asset>.config, handed to its op `op_name`;
+    `also` hands some of them to other ops of the graph too ({op name: [field, ...]})."""
 
     def to_ops(values: dict[str, Any]) -> dict[str, Any]:
-        return {op_name: {"config": values}}
+        return {op_name: {"config": values},
+                **{other: {"config": {f: values[f] for f in fields if f in values}} for other, fields in (also or {}).items()}}
 
     to_ops.config_class = cls  # read by op_config_classes: the launch-time check validates it like an op's
     return ConfigMapping(config_fn=to_ops, config_schema=cls.to_config_schema())

@@ -20,6 +20,8 @@ from dagster import (
 )
 from pydantic import Field
 
+import numpy as np
+
 from assets.config import graph_config, mirror, to_core
 from assets.metadata import device_in_use, figure_metadata, markdown_table, readable, run_metadata
 from assets.resources import ComputeDevice, MlflowTracking, ProjectHome, optional_input
@@ -28,7 +30,8 @@ from unisid_pipeline.embeddings import frame_to_embeddings
 from unisid_pipeline.recommender import RecommenderConfig, evaluate_recommender, train_recommender
 from unisid_pipeline.reporting import comparison_figure, summarize_runs
 from unisid_pipeline.retrieval import heldout_pairs, retrieval_recall
-from unisid_pipeline.tracking import set_alias
+from unisid_pipeline.artifacts import array_fingerprint, state_fingerprint
+from unisid_pipeline.tracking import find_version, set_alias, version_tags
 
 GROUP = "recommender"
 SID_METHODS = ("rq_kmeans", "rq_vae", "unisid")
@@ -49,8 +52,43 @@ RecommenderRun = pydantic.create_model(
     model=(_RC, Field(default_factory=_RC, description="RecommenderConfig (its seed is replaced by each of seeds)")),
     seeds=(list[int], Field([0], description="one model per seed, each its own retried step and MLflow run; "
                             "downstream_eval reports mean ± std")),
+    register_model=(bool, Field(True, description="register the seed with the best validation Recall@10 as a version "
+                                "of recommender_<method> (a pyfunc: user history -> top-k ad ids)")),
 )
 SEED_RETRIES = RetryPolicy(max_retries=2, delay=2)  # a retried seed resumes from its last validated epoch
+
+
+RegisterConfig = pydantic.create_model(  # the summary step's part of RecommenderRun (graph_config hands it over)
+    "RegisterConfig", __base__=Config, __doc__="Whether the best seed goes to the MLflow model registry.",
+    register_model=(bool, RecommenderRun.model_fields["register_model"]))
+
+
+def serving_example(user_sequences: pl.DataFrame, cfg: RecommenderConfig) -> pl.DataFrame:
+    """The input example of a registered recommender: three users' test histories (and ids, with user tokens)."""
+    head = user_sequences.head(3)
+    cols = {"history": head["test_history"]}
+    if cfg.use_user_token:
+        cols = {"user_id": head["user_id"], **cols}
+    return pl.DataFrame(cols)
+
+
+def register_best_seed(context: OpExecutionContext, run, method: str, seeds: list[dict], sid_version: str) -> str:
+    """Register the seed with the best validation Recall@10 as `recommender_<method>` (reusing the version with the
+    same weights and SID table); returns "recommender_<method>/<version>"."""
+    name = f"recommender_{method}"
+    best = max(seeds, key=lambda r: (r["valid_recall@10"], -r["row"]["seed"]))
+    fingerprint = array_fingerprint(np.frombuffer((best["weights"] + sid_version).encode(), dtype=np.uint8))
+    version = find_version(run, name, fingerprint)
+    if version is None:
+        version = run.register(best["model_uri"], name, version_tags(fingerprint, {
+            "method": method, "seed": best["row"]["seed"], "sid_model_version": sid_version,
+            "test_recall_at_10": round(best["row"]["recall@10"], 4)}))
+        context.log.info(f"registry: {name} version {version} (seed {best['row']['seed']}, best validation "
+                         f"R@10 {best['valid_recall@10']:.4f}; decodes into {sid_version}'s SIDs)")
+    else:
+        context.log.info(f"registry: {name} version {version} (unchanged weights, reused)")
+    run.set_tags({"registered_model": name, "registered_version": version})
+    return f"{name}/{version}"
 
 
 def recommender_asset(method: str):
@@ -99,15 +137,18 @@ def recommender_asset(method: str):
             test = evaluate_recommender(model, user_sequences, split="test")
             context.log.info(f"{method} seed {seed}: test " + ", ".join(f"{k} {test[k]:.4f}" for k in METRICS))
             run.log_metrics({f"test_{k}": test[k] for k in METRICS})
+            model_uri, _ = run.log_model(model, "model", serving_example(user_sequences, cfg), kind="recommender")
         best = max((r for r in history if r["evaluated"]), key=lambda r: (r["valid_recall@10"], r["valid_ndcg@10"]))
         row = {"method": method, "seed": seed, **{k: float(test[k]) for k in METRICS}, "epochs_run": len(history),
                "best_epoch": int(best["epoch"]), "train_seconds": round(train_s, 1),
                "eval_users_per_s": round(float(test.get("users_per_s", 0.0)), 1)}
         return {"row": row, "checkpoint": model.to_checkpoint(), "train_loss": [r["train_loss"] for r in history],
-                "mlflow_run_id": run.run_id}
+                "mlflow_run_id": run.run_id, "model_uri": model_uri, "valid_recall@10": float(best["valid_recall@10"]),
+                "weights": state_fingerprint(model)}
 
     @op(name=f"{name}_summary", tags={"stage": "recommender"})
-    def summary(context: OpExecutionContext, mlflow: MlflowTracking, seeds: list[dict], sids: pl.DataFrame) -> Output[dict]:
+    def summary(context: OpExecutionContext, config: RegisterConfig, mlflow: MlflowTracking, seeds: list[dict],
+                sids: pl.DataFrame) -> Output[dict]:
         """The seeds side by side: the asset's value (per-seed test metrics and models) and MLflow run."""
         seeds = sorted(seeds, key=lambda r: r["row"]["seed"])
         results = pl.DataFrame([r["row"] for r in seeds])
@@ -125,18 +166,20 @@ def recommender_asset(method: str):
                                **{k: c + [float("nan")] * (n - len(c)) for k, c in curves.items()}},
                               "epoch", list(curves), f"Recommender on {method} SIDs: training loss")
             run.log_figure(fig, "loss_curve.png")
+            registered = register_best_seed(context, run, method, seeds, version) if config.register_model else None
             meta = run_metadata(run, mlflow.ui_base)
         context.log.info(f"{method}: {len(seeds)} seed(s), test R@10 {results['recall@10'].mean():.4f}, "
                          f"N@10 {results['ndcg@10'].mean():.4f}")
         return Output({"method": method, "results": results, "checkpoints": {r["row"]["seed"]: r["checkpoint"] for r in seeds},
-                       "sid_model_version": version},
-                      metadata=readable({**meta, "test_metrics": MetadataValue.md(markdown_table(results)),
+                       "sid_model_version": version, "registered_model": registered},
+                      metadata=readable({**meta, "registered_model": registered or "not registered",
+                                         "test_metrics": MetadataValue.md(markdown_table(results)),
                                          "loss_curve": figure_metadata(fig), "seeds": results.height,
                                          **{f"test_{k}": float(results[k].mean()) for k in ("recall@10", "ndcg@10")}}))
 
     @graph_asset(name=name, group_name=GROUP, kinds={"torch", "mlflow"}, owners=["team:recommender"],
                  tags={"stage": "recommender"}, ins={"sids": AssetIn(f"{method}_sids"), "user_sequences": AssetIn()},
-                 config=graph_config(RecommenderRun, plan.name),
+                 config=graph_config(RecommenderRun, plan.name, also={summary.name: ["register_model"]}),
                  description=f"TIGER-style T5 trained on {method} SIDs (constrained beam search over valid SIDs, item-level "
                              "leave-one-out evaluation); one step, MLflow run and model per seed, retried and resumed "
                              "from its checkpoint on failure, gathered with per-seed test metrics.")
@@ -188,6 +231,11 @@ def downstream_eval(context: AssetExecutionContext, config: EvalConfig, mlflow: 
             set_alias(mlflow.resolved_uri(), name, "champion", ver)
             champion = f"models:/{name}@champion (version {ver})"
             context.log.info(f"champion tokenizer: {best} -> {champion}")
+            registered = next(r.get("registered_model") for r in recommenders.values() if r["method"] == best)
+            if registered:
+                rec_name, rec_ver = registered.split("/", 1)
+                set_alias(mlflow.resolved_uri(), rec_name, "champion", rec_ver)
+                context.log.info(f"champion recommender: models:/{rec_name}@champion (version {rec_ver})")
         run.set_tags({"champion_method": best})
         meta = run_metadata(run, mlflow.ui_base)
     return Output(table, metadata=readable({**meta, "comparison": MetadataValue.md(markdown_table(table, max_chars=24)),

@@ -1,12 +1,20 @@
-"""The registered tokenizers as MLflow pyfunc models: `mlflow models serve` and `mlflow.pyfunc.load_model` give SIDs.
+"""The registered models as MLflow pyfunc models: `mlflow models serve` and `mlflow.pyfunc.load_model` give SIDs
+(tokenizers) and recommendations (recommenders).
 
-With `tracking`, the only core modules that import mlflow. A registered tokenizer is a pyfunc model from code
-(`pyfunc_tokenizer.py`, no pickled object) whose weights are a safetensors file plus JSON
-(`checkpoint.save_checkpoint_dir`), with a signature, an input example and pinned requirements. Its input is what the method reads:
+With `tracking`, the only core modules that import mlflow. A registered model is a pyfunc model from code
+(`pyfunc_tokenizer.py`, `pyfunc_recommender.py`; no pickled object) whose weights are a safetensors file plus JSON
+(`checkpoint.save_checkpoint_dir`), with a signature, an input example and pinned requirements.
+
+A tokenizer's input is what the method reads:
 - UniSID: ads, the `raw_ads` columns (ad_id, title, description, ...); output ad_id, `sid` (one code per level,
   before collision resolution) and `embedding` (UniSID's L2-normalised ad embedding);
 - RQ-KMeans / RQ-VAE: ad_id + `embedding` (the text embedding they quantize, as in `ad_text_embeddings`); output
   ad_id and `sid`.
+
+A recommender (`recommender_<method>`: the TIGER-style model of one SID method with the SID table it decodes into)
+takes one row per user: `history` (the user's ad_ids, oldest first; ads the table does not know are skipped and
+counted) and, for a model trained with user tokens, `user_id`; param `k` (default 10). Output per row: `ad_ids` (the
+top-k, best first), `scores` (their beam log-probabilities) and `n_unknown` (history ads skipped).
 """
 from __future__ import annotations
 
@@ -24,6 +32,7 @@ from unisid_pipeline.checkpoint import load_checkpoint_dir, save_checkpoint_dir
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 METHODS = ("rq_kmeans", "rq_vae", "unisid")
+DEFAULT_K = 10
 
 
 def method_of(model: Any) -> str:
@@ -76,50 +85,123 @@ class TokenizerModel(mlflow.pyfunc.PythonModel):
         return encode_frame(self.method, self.tokenizer, frame)
 
 
-def log_tokenizer(model: Any, name: str, example: pl.DataFrame, pip_requirements: list[str]) -> Any:
-    """Log `model` as a pyfunc tokenizer into the active MLflow run; returns mlflow's ModelInfo."""
+def _plain_lists(frame: pd.DataFrame) -> pd.DataFrame:
+    """numpy arrays in object cells -> plain lists, which signatures and JSON understand."""
+    frame = frame.copy()
+    for col in frame.columns:
+        if frame[col].dtype == object:
+            frame[col] = frame[col].map(lambda v: v.tolist() if isinstance(v, np.ndarray) else v)
+    return frame
+
+
+def _log_pyfunc(code_file: str, name: str, checkpoint: dict, model_config: dict, example: pd.DataFrame,
+                output: pd.DataFrame, pip_requirements: list[str], params: dict | None = None) -> Any:
+    """Log a pyfunc model from code (`code_file` next to this module) into the active MLflow run: the checkpoint as
+    safetensors + JSON, signature inferred from `example` -> `output` (and `params`), the example stored."""
     from mlflow.models import infer_signature
 
-    method = method_of(model)
-    example = example.head(3)
-    output = encode_frame(method, model.cpu().eval(), example)
-    example_pd = example.to_pandas()
-    for col in example_pd.columns:  # numpy arrays in cells -> plain lists, which signatures and JSON understand
-        if example_pd[col].dtype == object:
-            example_pd[col] = example_pd[col].map(lambda v: v.tolist() if isinstance(v, np.ndarray) else v)
     with warnings.catch_warnings():  # ad_id is an int column by design: MLflow's hint about missing ints is noise here
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
-        signature = infer_signature(example_pd, output)
+        signature = infer_signature(example, output, params=params)
     with tempfile.TemporaryDirectory() as tmp:
-        save_checkpoint_dir(model.to_checkpoint(), Path(tmp) / CHECKPOINT_ARTIFACT)
+        save_checkpoint_dir(checkpoint, Path(tmp) / CHECKPOINT_ARTIFACT)
         return mlflow.pyfunc.log_model(
-            name=name, python_model=str(Path(__file__).with_name("pyfunc_tokenizer.py")), model_config={"method": method},
+            name=name, python_model=str(Path(__file__).with_name(code_file)), model_config=model_config,
             artifacts={CHECKPOINT_ARTIFACT: str(Path(tmp) / CHECKPOINT_ARTIFACT)},
-            signature=signature, input_example=example_pd,
+            signature=signature, input_example=(example, params) if params else example,
             pip_requirements=pip_requirements, code_paths=[str(Path(__file__).resolve().parent)],
         )
 
 
+def log_tokenizer(model: Any, name: str, example: pl.DataFrame, pip_requirements: list[str]) -> Any:
+    """Log `model` as a pyfunc tokenizer into the active MLflow run; returns mlflow's ModelInfo."""
+    method = method_of(model)
+    example = example.head(3)
+    output = encode_frame(method, model.cpu().eval(), example)
+    return _log_pyfunc("pyfunc_tokenizer.py", name, model.to_checkpoint(), {"method": method},
+                       _plain_lists(example.to_pandas()), output, pip_requirements)
+
+
+def recommend_frame(model: Any, frame: pl.DataFrame, k: int = DEFAULT_K) -> pd.DataFrame:
+    """The recommender pyfunc's output for `frame` (see the module docstring), on the model's device."""
+    if "history" not in frame.columns:
+        raise ValueError(f"a recommender reads column history (the user's ad_ids, oldest first), got {frame.columns}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    known = model.vocab._index
+    histories, n_unknown = [], []
+    for hist in frame["history"].to_list():
+        hist = [int(a) for a in (hist or [])]
+        kept = [a for a in hist if a in known]
+        histories.append(kept)
+        n_unknown.append(len(hist) - len(kept))
+    user_ids = None
+    if model.config.use_user_token:
+        if "user_id" not in frame.columns:
+            raise ValueError("this recommender was trained with user tokens: give column user_id beside history")
+        user_ids = np.asarray(frame["user_id"].cast(pl.Int64).to_list(), dtype=np.int64)
+    k = min(k, model.vocab.n_items)
+    width = max(k, model.config.beam_size)  # the evaluation's beam: top-k of it, as the reported metrics are
+    ids = np.full((len(histories), k), -1, dtype=np.int64)
+    scores = np.full((len(histories), k), np.nan, dtype=np.float32)
+    rows = [i for i, h in enumerate(histories) if h or user_ids is not None]
+    if rows:
+        top, sc = model.recommend([histories[i] for i in rows], None if user_ids is None else user_ids[rows], k=width)
+        ids[rows], scores[rows] = top[:, :k], sc[:, :k]
+    return pd.DataFrame({"ad_ids": [[int(a) for a in r if a >= 0] for r in ids],
+                         "scores": [[round(float(s), 5) for s, a in zip(sr, r) if a >= 0] for sr, r in zip(scores, ids)],
+                         "n_unknown": n_unknown})
+
+
+class RecommenderModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper of one recommender; `recommender` is the GenerativeRecommender once loaded."""
+
+    def __init__(self) -> None:
+        self.recommender = None
+
+    def load_context(self, context) -> None:
+        from unisid_pipeline.recommender.model import GenerativeRecommender
+
+        self.recommender = GenerativeRecommender.from_checkpoint(
+            load_checkpoint_dir(context.artifacts[CHECKPOINT_ARTIFACT]))
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        frame = model_input if isinstance(model_input, pl.DataFrame) else pl.from_pandas(pd.DataFrame(model_input))
+        return recommend_frame(self.recommender, frame, int((params or {}).get("k", DEFAULT_K)))
+
+
+def log_recommender(model: Any, name: str, example: pl.DataFrame, pip_requirements: list[str]) -> Any:
+    """Log a GenerativeRecommender as a pyfunc into the active MLflow run (input example: `example`, rows with
+    `history` [+ `user_id`]); returns mlflow's ModelInfo."""
+    model = model.cpu().eval()
+    example = example.head(3)
+    output = recommend_frame(model, example, DEFAULT_K)
+    return _log_pyfunc("pyfunc_recommender.py", name, model.to_checkpoint(), {"kind": "recommender"},
+                       _plain_lists(example.to_pandas()), output, pip_requirements, params={"k": DEFAULT_K})
+
+
+def _refuse_pickles(model_uri: str) -> None:
+    info = mlflow.models.get_model_info(model_uri)
+    if "pytorch" in info.flavors or "python_function" not in info.flavors:
+        raise RuntimeError(f"{model_uri} is stored as a pickled object (flavors {sorted(info.flavors)}), from before the "
+                           "safetensors pyfunc format; it is not loaded, because unpickling runs arbitrary code. "
+                           "Re-materialize its asset to register a pyfunc version")
+
+
 def load_pyfunc(model_uri: str) -> tuple[str | None, Any]:
-    """(method, pyfunc model) of a registered version; method None for a model that is not one of ours."""
+    """(method, pyfunc model) of a registered version: method is the tokenizer's method, "recommender", or None for
+    a pyfunc that is not one of ours. A pickled version is refused unloaded (`load_tokenizer`)."""
+    _refuse_pickles(model_uri)
     model = mlflow.pyfunc.load_model(model_uri)
-    try:
-        return getattr(model.unwrap_python_model(), "method", None), model
-    except mlflow.exceptions.MlflowException:  # a flavor with no Python model (an old pickled torch version)
-        return None, model
+    python_model = model.unwrap_python_model()
+    if isinstance(python_model, RecommenderModel):
+        return "recommender", model
+    return getattr(python_model, "method", None), model
 
 
 def load_tokenizer(model_uri: str) -> Any:
-    """The tokenizer object (with its `encode`) of a registered version: a pyfunc version's weights, or, for a
-    version registered before the pyfunc format, its pickled torch model."""
-    info = mlflow.models.get_model_info(model_uri)
-    if "pytorch" not in info.flavors:
-        return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().tokenizer
-    try:
-        from mlflow import pytorch as mlflow_pytorch
-
-        return mlflow_pytorch.load_model(model_uri, map_location="cpu")
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure gets the same advice
-        raise RuntimeError(f"{model_uri} is a pickled torch model from before the pyfunc format and does not load with "
-                           f"this code ({type(exc).__name__}: {exc}); re-materialize its tokenizer asset to register a "
-                           "pyfunc version") from exc
+    """The tokenizer object (with its `encode`) of a registered pyfunc version. A version registered before the
+    pyfunc format is a pickled torch model: it is refused with a clear message and never unpickled (a pickle runs
+    whatever code it names)."""
+    _refuse_pickles(model_uri)
+    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().tokenizer

@@ -170,17 +170,24 @@ class TrackedRun:
         for k, v in tags.items():
             self.client.set_tag(self.run_id, k, str(v))
 
-    def log_tokenizer(self, model: Any, name: str, example: Any, registered_model_name: str | None = None,
-                      tags: Mapping[str, str] | None = None) -> str | None:
-        """Log a tokenizer as an MLflow pyfunc model (safetensors weights, signature, input example `example`,
-        requirements pinned to this environment; `serving`); register it. Returns the version or None."""
-        from unisid_pipeline.serving import log_tokenizer
+    def log_model(self, model: Any, name: str, example: Any, registered_model_name: str | None = None,
+                  tags: Mapping[str, str] | None = None, kind: str = "tokenizer") -> tuple[str, str | None]:
+        """Log a tokenizer or (kind "recommender") a recommender as an MLflow pyfunc model (safetensors weights,
+        signature, input example `example`, requirements pinned to this environment; `serving`); register it.
+        Returns (model URI, registered version or None)."""
+        from unisid_pipeline import serving
 
+        log = {"tokenizer": serving.log_tokenizer, "recommender": serving.log_recommender}[kind]
         with mlflow.start_run(run_id=self.run_id):  # log_model logs into the active run: ours
-            info = log_tokenizer(model, name, example, pinned_requirements())
+            info = log(model, name, example, pinned_requirements())
         if not registered_model_name:
-            return None
-        mv = mlflow.register_model(info.model_uri, registered_model_name, tags=dict(tags or {}))
+            return info.model_uri, None
+        return info.model_uri, self.register(info.model_uri, registered_model_name, tags)
+
+    def register(self, model_uri: str, registered_model_name: str, tags: Mapping[str, str] | None = None) -> str:
+        """Register a logged model (`models:/m-...`) as a new version of `registered_model_name`; its version."""
+        with fluent_tracking_uri(self.tracking_uri):
+            mv = mlflow.register_model(model_uri, registered_model_name, tags=dict(tags or {}))
         return str(mv.version)
 
     def url(self, ui_base: str = "http://127.0.0.1:5000") -> str:
@@ -270,6 +277,19 @@ def pinned_requirements() -> list[str]:
     return out
 
 
+def find_version(run: TrackedRun, registered_model_name: str, fingerprint: str) -> str | None:
+    """The version of `registered_model_name` with this weights fingerprint in the current format, or None (a
+    version of an older format, a pickled torch model, is never reused: it gets a pyfunc successor)."""
+    try:
+        existing = run.client.search_model_versions(f"name = '{registered_model_name}'")
+    except mlflow.exceptions.MlflowException:
+        existing = []
+    for mv in existing:
+        if mv.tags.get("weights_fingerprint") == fingerprint and mv.tags.get(FORMAT_TAG) == MODEL_FORMAT:
+            return str(mv.version)
+    return None
+
+
 def register_if_changed(run: TrackedRun, model: Any, name: str, registered_model_name: str, fingerprint: str,
                         tags: Mapping[str, str] | None = None, example: Any = None) -> tuple[str, bool]:
     """Log + register `model` (a pyfunc tokenizer, input example `example`: ads for UniSID, ad_id + embedding
@@ -278,24 +298,23 @@ def register_if_changed(run: TrackedRun, model: Any, name: str, registered_model
     Returns (version, created). Re-materializing with the same config and data therefore adds no
     registry version; a changed model always gets a new one.
     """
-    client = run.client
-    try:
-        existing = client.search_model_versions(f"name = '{registered_model_name}'")
-    except mlflow.exceptions.MlflowException:
-        existing = []
-    for mv in existing:  # a version of an older format (a pickled torch model) is not reused: it gets a pyfunc successor
-        if mv.tags.get("weights_fingerprint") == fingerprint and mv.tags.get(FORMAT_TAG) == MODEL_FORMAT:
-            run.set_tags({"registered_model": registered_model_name, "registered_version": mv.version,
-                          "registry_reused": "true"})
-            return str(mv.version), False
+    found = find_version(run, registered_model_name, fingerprint)
+    if found is not None:
+        run.set_tags({"registered_model": registered_model_name, "registered_version": found, "registry_reused": "true"})
+        return found, False
     if example is None:
         import polars as pl
 
         example = pl.DataFrame({"ad_id": [0], "embedding": [[0.0] * int(model.input_dim)]})
-    version = run.log_tokenizer(model, name, example, registered_model_name=registered_model_name,
-                                tags={"weights_fingerprint": fingerprint, FORMAT_TAG: MODEL_FORMAT, **dict(tags or {})})
+    _, version = run.log_model(model, name, example, registered_model_name=registered_model_name,
+                               tags=version_tags(fingerprint, tags))
     run.set_tags({"registered_model": registered_model_name, "registered_version": version})
     return str(version), True
+
+
+def version_tags(fingerprint: str, tags: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The tags every registered version carries: its weights fingerprint and storage format."""
+    return {"weights_fingerprint": fingerprint, FORMAT_TAG: MODEL_FORMAT, **{k: str(v) for k, v in (tags or {}).items()}}
 
 
 def alias_version(tracking_uri: str, registered_model_name: str, alias: str) -> str | None:

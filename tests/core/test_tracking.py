@@ -30,3 +30,30 @@ def test_a_long_run_gets_system_metrics_and_a_short_one_ends_at_once(tmp_path):
     assert time.perf_counter() - t0 < 5  # the monitor stops with the run, not after its sampling interval
     metrics = MlflowClient(tracking_uri=uri).get_run(run.run_id).data.metrics
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(metrics)
+
+
+def test_a_pickled_registered_version_is_refused_without_being_unpickled(tmp_path, monkeypatch):
+    """A version stored as a pickle (mlflow.pytorch, the format before pyfunc + safetensors) would run whatever code
+    its pickle names when loaded: loading it through the project fails with advice, and nothing is unpickled."""
+    import pickle
+
+    import mlflow
+    import pytest
+    import torch
+    from mlflow import pytorch as mlflow_pytorch
+
+    from unisid_pipeline.tracking import fluent_tracking_uri, load_registered_model
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with open_run(uri, "exp", "old", {}, artifact_root=tmp_path / "artifacts") as run, fluent_tracking_uri(uri):
+        with mlflow.start_run(run_id=run.run_id):
+            info = mlflow_pytorch.log_model(torch.nn.Linear(2, 2), name="model", serialization_format="pickle")
+        mlflow.register_model(info.model_uri, "rq_kmeans_tokenizer")
+    calls = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append("torch.load"))
+    monkeypatch.setattr(pickle, "load", lambda *a, **k: calls.append("pickle.load"))
+    monkeypatch.setattr(pickle, "loads", lambda *a, **k: calls.append("pickle.loads"))
+    with pytest.raises(RuntimeError, match="pickled object .* not loaded, because unpickling runs arbitrary code. "
+                                           "Re-materialize its asset"):
+        load_registered_model(uri, "models:/rq_kmeans_tokenizer/1")
+    assert calls == []

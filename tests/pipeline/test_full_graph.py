@@ -1,4 +1,15 @@
 """Materialize the whole graph on a tiny synthetic world with tiny models, then check what a user relies on."""
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
 import numpy as np
 import polars as pl
 import pytest
@@ -260,39 +271,32 @@ def test_mlflow_runs_carry_their_inputs_and_commit_and_the_experiment_opens_on_t
         assert {r.data.tags["mlflow.source.git.commit"] for r in runs} == {head.stdout.strip()}
 
 
-def test_mlflow_models_serve_answers_with_the_champion_tokenizers_sids(materialized):
-    """`mlflow models serve` of `@champion` on loopback: a REST request with ads (UniSID) or their text embeddings
-    (RQ tokenizers) gets back the SIDs the pipeline stored before collision resolution."""
-    import json
-    import os
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.error
-    import urllib.request
-
-    home, _ = materialized
-    db = paths.warehouse_path(home)
-    client = MlflowClient(tracking_uri=paths.mlflow_uri(home))
-    name = next(n for n in ("rq_kmeans_tokenizer", "rq_vae_tokenizer", "unisid_tokenizer")
-                if "champion" in client.get_registered_model(n).aliases)
-    method = name.removesuffix("_tokenizer")
-    if method == "unisid":
-        frame = warehouse.read_table(db, "raw_ads").head(5)
-    else:
-        frame = warehouse.read_table(db, "ad_text_embeddings").head(5)
-        frame = frame.with_columns(pl.col("embedding").cast(pl.List(pl.Float64)))
+@contextlib.contextmanager
+def served(home, model_uri: str):
+    """`mlflow models serve -m model_uri` on a free loopback port; yields a function that POSTs a frame (and params)
+    to /invocations and returns the predictions."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     # mlflow starts `uvicorn` by name: the venv's bin must be on PATH (as it is with the venv activated)
     env = {**os.environ, "MLFLOW_TRACKING_URI": paths.mlflow_uri(home),
            "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"}
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{name}@champion",
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
                                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def invoke(frame: pl.DataFrame, params: dict | None = None) -> list[dict]:
+        payload = {"dataframe_split": {"columns": frame.columns, "data": frame.rows()}}
+        if params:
+            payload["params"] = params
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                return json.loads(r.read())["predictions"]
+        except urllib.error.HTTPError as exc:
+            raise AssertionError(f"HTTP {exc.code}: {exc.read().decode()[:3000]}") from None
+
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -305,20 +309,89 @@ def test_mlflow_models_serve_answers_with_the_champion_tokenizers_sids(materiali
             assert server.poll() is None, server.stdout.read().decode()[-3000:]
             assert time.monotonic() < deadline, "mlflow models serve did not come up in 180 s"
             time.sleep(1)
-        body = json.dumps({"dataframe_split": {"columns": frame.columns, "data": frame.rows()}}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=120) as r:
-                predictions = json.loads(r.read())["predictions"]
-        except urllib.error.HTTPError as exc:
-            raise AssertionError(f"HTTP {exc.code}: {exc.read().decode()[:3000]}") from None
+        yield invoke
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_mlflow_models_serve_answers_with_the_champion_tokenizers_sids(materialized):
+    """`mlflow models serve` of `@champion` on loopback: a REST request with ads (UniSID) or their text embeddings
+    (RQ tokenizers) gets back the SIDs the pipeline stored before collision resolution."""
+    home, _ = materialized
+    db = paths.warehouse_path(home)
+    client = MlflowClient(tracking_uri=paths.mlflow_uri(home))
+    name = next(n for n in ("rq_kmeans_tokenizer", "rq_vae_tokenizer", "unisid_tokenizer")
+                if "champion" in client.get_registered_model(n).aliases)
+    method = name.removesuffix("_tokenizer")
+    if method == "unisid":
+        frame = warehouse.read_table(db, "raw_ads").head(5)
+    else:
+        frame = warehouse.read_table(db, "ad_text_embeddings").head(5)
+        frame = frame.with_columns(pl.col("embedding").cast(pl.List(pl.Float64)))
+    with served(home, f"models:/{name}@champion") as invoke:
+        predictions = invoke(frame)
     stored = dict(zip(*warehouse.read_table(db, f"{method}_sids").select("ad_id", "raw_codes").to_dict(as_series=False).values()))
     assert [p["ad_id"] for p in predictions] == frame["ad_id"].to_list()
     assert all(p["sid"] == stored[p["ad_id"]] for p in predictions)
+
+
+def _test_users(home, n: int) -> pl.DataFrame:
+    seqs = warehouse.read_table(paths.warehouse_path(home), "user_sequences").head(n)
+    return seqs.select("user_id", pl.col("test_history").alias("history"), "test_target")
+
+
+def test_each_method_registers_its_best_seed_as_a_recommender_that_ranks_like_the_evaluation(materialized):
+    """recommender_<method>: the seed with the best validation R@10, a pyfunc (safetensors, signature with param k,
+    input example) whose top-k for a user is the ranking the test metrics were computed from."""
+    import mlflow
+
+    from unisid_pipeline.recommender.evaluate import rank_split
+    from unisid_pipeline.recommender.model import GenerativeRecommender
+    from unisid_pipeline.tracking import fluent_tracking_uri
+
+    home, _ = materialized
+    client = MlflowClient(tracking_uri=paths.mlflow_uri(home))
+    value = warehouse.read_object(home / "objects" / "recommender_unisid.pkl")
+    assert value["registered_model"] == "recommender_unisid/1"
+    mv = client.get_model_version("recommender_unisid", "1")
+    assert mv.tags["sid_model_version"] == value["sid_model_version"] and mv.tags["seed"] in ("0", "1")
+    users = _test_users(home, 8)
+    with fluent_tracking_uri(paths.mlflow_uri(home)):
+        for method in ("rq_kmeans", "rq_vae", "unisid"):
+            info = mlflow.models.get_model_info(f"models:/recommender_{method}/1")
+            assert "python_function" in info.flavors and info.signature.params is not None
+            assert info.saved_input_example_info is not None
+        model = mlflow.pyfunc.load_model("models:/recommender_unisid/1")
+        got = model.predict(users.select("user_id", "history").to_pandas(), params={"k": 5})
+    rec = GenerativeRecommender.from_checkpoint(value["checkpoints"][int(mv.tags["seed"])])
+    _, ranked, _, _ = rank_split(rec, warehouse.read_table(paths.warehouse_path(home), "user_sequences").head(8), "test")
+    expected = [[int(a) for a in row[:5] if a >= 0] for row in ranked]
+    assert [list(r) for r in got["ad_ids"]] == expected
+    assert all(len(s) == len(a) and list(s) == sorted(s, reverse=True) for s, a in zip(got["scores"], got["ad_ids"]))
+
+
+def test_mlflow_models_serve_answers_with_the_champion_recommenders_top_k(materialized):
+    """`mlflow models serve` of the champion method's recommender: a REST request with users' histories gets back
+    the top-k ad ids the registered model gives in process; an ad the SID table does not know is skipped and counted."""
+    import mlflow
+
+    from unisid_pipeline.tracking import fluent_tracking_uri
+
+    home, _ = materialized
+    client = MlflowClient(tracking_uri=paths.mlflow_uri(home))
+    name = next(f"recommender_{m}" for m in ("rq_kmeans", "rq_vae", "unisid")
+                if "champion" in client.get_registered_model(f"recommender_{m}").aliases)
+    users = _test_users(home, 4).select("user_id", "history")
+    users = users.with_columns(pl.when(pl.int_range(pl.len()) == 0).then(pl.col("history").list.concat(pl.lit([99_999])))
+                               .otherwise(pl.col("history")).alias("history"))
+    with fluent_tracking_uri(paths.mlflow_uri(home)):
+        local = mlflow.pyfunc.load_model(f"models:/{name}@champion").predict(users.to_pandas(), params={"k": 7})
+    with served(home, f"models:/{name}@champion") as invoke:
+        predictions = invoke(users, {"k": 7})
+    assert [p["ad_ids"] for p in predictions] == [list(map(int, r)) for r in local["ad_ids"]]
+    assert all(len(p["ad_ids"]) == 7 for p in predictions)
+    assert [p["n_unknown"] for p in predictions] == [1, 0, 0, 0]
 
 
 def test_registered_tokenizers_are_pyfunc_models_with_safetensors_weights_and_no_pickle(materialized, tmp_path):
