@@ -29,6 +29,7 @@ import pandas as pd
 import polars as pl
 
 from unisid_pipeline.checkpoint import load_checkpoint_dir, save_checkpoint_dir
+from unisid_pipeline.data.schema import AD_REQUIRED
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 METHODS = ("rq_kmeans", "rq_vae", "unisid")
@@ -95,14 +96,20 @@ def _plain_lists(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _log_pyfunc(code_file: str, name: str, checkpoint: dict, model_config: dict, example: pd.DataFrame,
-                output: pd.DataFrame, pip_requirements: list[str], params: dict | None = None) -> Any:
+                output: pd.DataFrame, pip_requirements: list[str], params: dict | None = None,
+                required: tuple[str, ...] | None = None) -> Any:
     """Log a pyfunc model from code (`code_file` next to this module) into the active MLflow run: the checkpoint as
-    safetensors + JSON, signature inferred from `example` -> `output` (and `params`), the example stored."""
+    safetensors + JSON, signature inferred from `example` -> `output` (and `params`; input columns outside
+    `required` optional), the example stored."""
     from mlflow.models import infer_signature
 
     with warnings.catch_warnings():  # ad_id is an int column by design: MLflow's hint about missing ints is noise here
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
         signature = infer_signature(example, output, params=params)
+    if required is not None:  # the other input columns may be left out (an ads file with ad_id and title only)
+        from mlflow.types.schema import ColSpec, Schema
+
+        signature.inputs = Schema([ColSpec(c.type, c.name, required=c.name in required) for c in signature.inputs.inputs])
     with tempfile.TemporaryDirectory() as tmp:
         save_checkpoint_dir(checkpoint, Path(tmp) / CHECKPOINT_ARTIFACT)
         return mlflow.pyfunc.log_model(
@@ -118,8 +125,9 @@ def log_tokenizer(model: Any, name: str, example: pl.DataFrame, pip_requirements
     method = method_of(model)
     example = example.head(3)
     output = encode_frame(method, model.cpu().eval(), example)
+    required = AD_REQUIRED if method == "unisid" else ("ad_id", "embedding")
     return _log_pyfunc("pyfunc_tokenizer.py", name, model.to_checkpoint(), {"method": method},
-                       _plain_lists(example.to_pandas()), output, pip_requirements)
+                       _plain_lists(example.to_pandas()), output, pip_requirements, required=required)
 
 
 def recommend_frame(model: Any, frame: pl.DataFrame, k: int = DEFAULT_K) -> pd.DataFrame:

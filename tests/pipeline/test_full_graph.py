@@ -494,3 +494,71 @@ def test_a_sid_table_with_shared_sids_fails_its_blocking_check():
     result = check(table)
     assert result.passed is False and result.metadata["ads_sharing_a_sid"].value == 1
     assert check.check_specs_by_output_name and all(s.blocking for s in check.check_specs)
+
+
+def test_unisid_recommend_and_evaluate_use_the_registered_recommender(materialized, tmp_path, capsys):
+    """`unisid recommend`: a clicks file -> each user's top-k from the registered recommender, as its pyfunc gives them
+    in process; a bad row is kept with its reason. `unisid evaluate`: leave-one-out on the clicks gives the test
+    metrics the pipeline recorded for that model (the same split: last click held out)."""
+    import json as json_
+
+    import mlflow
+
+    from unisid_pipeline.cli.main import main
+    from unisid_pipeline.tracking import fluent_tracking_uri
+
+    home, _ = materialized
+    db, uri = paths.warehouse_path(home), paths.mlflow_uri(home)
+    clicks = warehouse.read_table(db, "ad_interactions").select("user_id", "ad_id", "timestamp")
+    few = clicks.filter(pl.col("user_id").is_in(clicks["user_id"].unique().sort().head(5).implode()))
+    path = tmp_path / "clicks.csv"
+    few.write_csv(path)
+    with path.open("a") as f:
+        f.write("7,not-a-number,5\n")
+    out = tmp_path / "recs.parquet"
+    assert main(["recommend", "--interactions", str(path), "--out", str(out), "--k", "5",
+                 "--model", "models:/recommender_unisid/1", "--tracking-uri", uri]) == 0, capsys.readouterr().err
+    got = pl.read_parquet(out)
+    histories = few.sort("user_id", "timestamp").group_by("user_id", maintain_order=True).agg(pl.col("ad_id").alias("history"))
+    assert got["user_id"].to_list() == histories["user_id"].to_list()
+    with fluent_tracking_uri(uri):
+        local = mlflow.pyfunc.load_model("models:/recommender_unisid/1").predict(histories.to_pandas(), params={"k": 5})
+    assert [r.to_list() for r in got["ad_ids"]] == [list(map(int, r)) for r in local["ad_ids"]]
+    rejected = pl.read_parquet(tmp_path / "recs.rejected.parquet")
+    assert rejected.height == 1 and rejected["field"][0] == "ad_id"
+
+    metrics = tmp_path / "metrics.json"
+    clicks.write_parquet(tmp_path / "all.parquet")
+    assert main(["evaluate", "--interactions", str(tmp_path / "all.parquet"), "--out", str(metrics),
+                 "--model", "models:/recommender_unisid/1", "--tracking-uri", uri]) == 0, capsys.readouterr().err
+    report = json_.loads(metrics.read_text())
+    seed = int(MlflowClient(tracking_uri=uri).get_model_version("recommender_unisid", "1").tags["seed"])
+    recorded = warehouse.read_object(home / "objects" / "recommender_unisid.pkl")["results"].filter(pl.col("seed") == seed)
+    assert report["users"] == warehouse.read_table(db, "user_sequences").height
+    for k in ("recall@5", "recall@10", "ndcg@10"):
+        assert report[k] == pytest.approx(recorded[k][0], abs=1e-4), k
+    # a registry name that does not exist: one line naming it, exit code 2
+    assert main(["evaluate", "--interactions", str(path), "--model", "models:/recommender_nope/1",
+                 "--tracking-uri", uri]) == 2
+    assert "models:/recommender_nope/1" in capsys.readouterr().err
+
+
+def test_the_readme_cli_examples_run_as_written(materialized, tmp_path):
+    """The README's `unisid` block, verbatim, in a folder with its input files, on this test's home."""
+    import re
+    from pathlib import Path
+
+    home, _ = materialized
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```bash\n(.*?)```", readme, re.S) if "unisid encode" in b)
+    db = paths.warehouse_path(home)
+    warehouse.read_table(db, "raw_ads").head(3).select("ad_id", "title").write_csv(tmp_path / "new_ads.csv")
+    warehouse.read_table(db, "ad_interactions").select("user_id", "ad_id", "timestamp").write_csv(tmp_path / "clicks.csv")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env["UNISID_HOME"] = str(home)  # the venv points it at the checkout's .unisid_home; here: this test's home
+    for line in [ln for ln in block.splitlines() if ln.strip()]:
+        out = subprocess.run(line, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+        assert out.returncode == 0, (line, out.stderr[-3000:])
+    assert pl.read_parquet(tmp_path / "new_sids.parquet").height == 3
+    assert pl.read_parquet(tmp_path / "recs.parquet")["ad_ids"].list.len().max() == 10
