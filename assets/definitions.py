@@ -28,9 +28,9 @@ def build_definitions(home: str = "", tracking_uri: str = "") -> Definitions:
                          description="train and evaluate the generative recommender per SID method"),
         define_asset_job("assign_new_ad_sids",
                          selection=AssetSelection.assets("raw_ads", "rejected_ads", "ad_text_embeddings",
-                                                         incremental.NAME),
-                         description="re-ingest ads, embed the new ones and give them SIDs with the frozen "
-                                     "RQ-KMeans tokenizer; existing SIDs never change"),
+                                                         *incremental.NAMES),
+                         description="re-ingest ads, embed the new ones and give them SIDs with every frozen "
+                                     "tokenizer that has been trained; existing SIDs never change"),
         *sensors.JOBS,
     ]
     return Definitions(

@@ -1,16 +1,21 @@
-"""rq_kmeans_catalog_sids: the RQ-KMeans SID table of the growing catalog, extended, never rewritten.
+"""<method>_catalog_sids: each tokenizer's SID table of the growing catalog, extended, never rewritten.
 
-Each materialization keeps every SID the table already holds and gives SIDs only to ads that have
-none yet, with the stored (frozen) `rq_kmeans_model`, resolving collisions against the existing
-rows (`unisid_pipeline.sid_incremental`). Job `assign_new_ad_sids` re-ingests the source, embeds
-(cached) and extends this table without retraining the tokenizer. A retrained tokenizer (another
-model_version) starts the table again from `rq_kmeans_sids`, and says so.
+Each materialization keeps every SID the table already holds and gives SIDs only to ads that have none yet, with
+the stored (frozen) tokenizer, resolving collisions against the existing rows by the table's own rule
+(`unisid_pipeline.sid_incremental`). RQ-KMeans and RQ-VAE read new ads' text embeddings; UniSID reads the new ads
+themselves (one forward pass). Job `assign_new_ad_sids` re-ingests the source, embeds (cached) and extends the
+table of every tokenizer that has been trained (one that has not is skipped, and says so). A retrained tokenizer
+(another model_version) starts its table again from `<method>_sids`, and says so.
 """
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
 import polars as pl
 from dagster import AssetExecutionContext, AssetIn, Output, asset
 
-from assets.metadata import readable, run_metadata
-from assets.resources import MlflowTracking, ProjectHome
+from assets.metadata import device_in_use, readable, run_metadata
+from assets.resources import ComputeDevice, MlflowTracking, ProjectHome, optional_input
 from assets.tokenizers import GROUP
 from unisid_pipeline import paths, warehouse
 from unisid_pipeline.artifacts import TrainedTokenizer
@@ -18,7 +23,7 @@ from unisid_pipeline.embeddings import frame_to_embeddings
 from unisid_pipeline.sid import LazyRowCost, collision_stats, sid_table_to_array
 from unisid_pipeline.sid_incremental import assign_new_sids, new_ad_ids
 
-NAME = "rq_kmeans_catalog_sids"
+METHODS = ("rq_kmeans", "rq_vae", "unisid")
 
 
 def _resolution_of(table: pl.DataFrame) -> str:
@@ -31,44 +36,76 @@ def _resolution_of(table: pl.DataFrame) -> str:
     return "none" if collision_stats(sid_table_to_array(table)[1])["n_colliding_items"] else "reassign"
 
 
-@asset(name=NAME, group_name=GROUP, kinds={"polars", "duckdb", "mlflow"}, owners=["team:tokenizers"],
-       tags={"stage": "tokenizers"},
-       ins={"trained": AssetIn("rq_kmeans_model"), "rq_kmeans_sids": AssetIn(), "ad_text_embeddings": AssetIn()})
-def rq_kmeans_catalog_sids(context: AssetExecutionContext, mlflow: MlflowTracking, project_home: ProjectHome,
-                           trained: TrainedTokenizer, rq_kmeans_sids: pl.DataFrame,
-                           ad_text_embeddings: pl.DataFrame) -> Output[pl.DataFrame]:
-    """SIDs of every ad in the current catalog: previous rows unchanged, new ads assigned by the frozen tokenizer."""
-    db = paths.warehouse_path(project_home.root)
-    previous = warehouse.read_table(db, NAME) if warehouse.has_table(db, NAME) else None
-    if previous is not None and previous.height and previous["model_version"][0] != trained.version:
-        context.log.warning(f"tokenizer changed ({previous['model_version'][0]} -> {trained.version}): "
-                            "the catalog SID table starts again from rq_kmeans_sids")
-        previous = None
-    existing = previous if previous is not None else rq_kmeans_sids
-    resolution = _resolution_of(existing)
-    ad_ids, x = frame_to_embeddings(ad_text_embeddings)
+def _new_from_embeddings(trained: TrainedTokenizer, frame: pl.DataFrame, existing: pl.DataFrame, device: str):
+    """(new ad ids, raw codes, reassign cost) of the ads of `frame` (ad_text_embeddings) not in `existing`."""
+    ad_ids, x = frame_to_embeddings(frame)
     is_new = new_ad_ids(existing, ad_ids)
-    new_ids, new_x = ad_ids[is_new], x[is_new]
+    ids, x = ad_ids[is_new], x[is_new]
     model = trained.model
-    codes = model.encode(new_x)
-    cost = LazyRowCost(len(new_ids), model.rq.codebook_size,
-                       lambda rows: model.last_level_distances(new_x[rows], codes=codes[rows]))
-    rows, info = assign_new_sids(existing, new_ids, codes, method="rq_kmeans", model_version=trained.version,
-                                 resolution=resolution, last_level_cost=cost)
-    table = pl.concat([existing.select(rows.columns), rows])
-    with mlflow.run_for(context, params={"model_version": trained.version, "resolution": resolution}) as run:
-        run.log_metrics({"n_existing": info["n_existing"], "n_new": info["n_new"],
-                         "n_new_colliding": info["n_new_colliding"],
-                         "collision_rate_post": info["post"]["collision_rate"]})
-        if info["n_new"]:
-            run.log_table(rows, "new_ad_sids.parquet")
-        meta = run_metadata(run, mlflow.ui_base)
-    context.log.info(f"{info['n_new']:,} new ads got SIDs ({info['n_new_colliding']:,} resolved against existing "
-                     f"ones); {info['n_existing']:,} SIDs kept unchanged")
-    return Output(table, metadata=readable({**meta, "dagster/row_count": table.height, "n_new": info["n_new"],
-                                   "n_existing": info["n_existing"], "resolution": resolution,
-                                   "collision_rate_post": info["post"]["collision_rate"],
-                                   "model_version": trained.version}))
+    codes = model.encode(x)
+    return ids, codes, LazyRowCost(len(ids), model.rq.codebook_size,
+                                   lambda rows: model.last_level_distances(x[rows], codes=codes[rows]))
 
 
-ASSETS = [rq_kmeans_catalog_sids]
+def _new_from_ads(trained: TrainedTokenizer, ads: pl.DataFrame, existing: pl.DataFrame, device: str):
+    """The same for UniSID, which reads the ads (raw_ads rows): SID and last-level scores in one forward pass."""
+    ads = ads.filter(new_ad_ids(existing, ads["ad_id"].to_numpy()))
+    if ads.height == 0:
+        cfg = trained.model.config
+        return (np.zeros(0, dtype=np.int64), np.zeros((0, cfg.n_levels), dtype=np.int64),
+                np.zeros((0, cfg.codebook_size)))
+    codes, _, scores = trained.model.encode(ads, device=device)
+    trained.model.cpu()
+    return ads["ad_id"].to_numpy().astype(np.int64), codes, -scores
+
+
+def catalog_sids_asset(method: str, source: str, encode_new: Callable[..., tuple[np.ndarray, np.ndarray, Any]]):
+    name = f"{method}_catalog_sids"
+
+    @asset(name=name, group_name=GROUP, kinds={"polars", "duckdb", "mlflow"}, owners=["team:tokenizers"],
+           tags={"stage": "tokenizers"}, output_required=False,
+           ins={"trained": optional_input(f"{method}_model"), "sids": optional_input(f"{method}_sids"),
+                "source": AssetIn(source)},
+           description=f"SIDs of every ad in the current catalog by the frozen {method} tokenizer: rows already in "
+                       f"the table never change, new ads (from `{source}`) are resolved against them. Skipped while "
+                       f"`{method}_model` / `{method}_sids` are not materialized.")
+    def _catalog(context: AssetExecutionContext, mlflow: MlflowTracking, project_home: ProjectHome,
+                 compute: ComputeDevice, trained: TrainedTokenizer | None, sids: pl.DataFrame | None,
+                 source: pl.DataFrame):
+        if trained is None or sids is None:
+            context.log.info(f"{name}: skipped, {method}_model and {method}_sids have not been materialized")
+            return
+        db = paths.warehouse_path(project_home.root)
+        previous = warehouse.read_table(db, name) if warehouse.has_table(db, name) else None
+        if previous is not None and previous.height and previous["model_version"][0] != trained.version:
+            context.log.warning(f"tokenizer changed ({previous['model_version'][0]} -> {trained.version}): "
+                                f"the catalog SID table starts again from {method}_sids")
+            previous = None
+        existing = previous if previous is not None else sids
+        resolution = _resolution_of(existing)
+        device = device_in_use(context, compute, "auto", name) if method == "unisid" else "cpu"
+        new_ids, codes, cost = encode_new(trained, source, existing, device)
+        rows, info = assign_new_sids(existing, new_ids, codes, method=method, model_version=trained.version,
+                                     resolution=resolution, last_level_cost=cost)
+        table = pl.concat([existing.select(rows.columns), rows])
+        with mlflow.run_for(context, params={"model_version": trained.version, "resolution": resolution}) as run:
+            run.log_metrics({"n_existing": info["n_existing"], "n_new": info["n_new"],
+                             "n_new_colliding": info["n_new_colliding"],
+                             "collision_rate_post": info["post"]["collision_rate"]})
+            if info["n_new"]:
+                run.log_table(rows, "new_ad_sids.parquet")
+            meta = run_metadata(run, mlflow.ui_base)
+        context.log.info(f"{method}: {info['n_new']:,} new ads got SIDs ({info['n_new_colliding']:,} resolved against "
+                         f"existing ones); {info['n_existing']:,} SIDs kept unchanged")
+        yield Output(table, metadata=readable({**meta, "dagster/row_count": table.height, "n_new": info["n_new"],
+                                              "n_existing": info["n_existing"], "resolution": resolution,
+                                              "collision_rate_post": info["post"]["collision_rate"],
+                                              "model_version": trained.version}))
+
+    return _catalog
+
+
+ASSETS = [catalog_sids_asset("rq_kmeans", "ad_text_embeddings", _new_from_embeddings),
+          catalog_sids_asset("rq_vae", "ad_text_embeddings", _new_from_embeddings),
+          catalog_sids_asset("unisid", "raw_ads", _new_from_ads)]
+NAMES = [a.key.to_user_string() for a in ASSETS]

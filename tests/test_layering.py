@@ -1,11 +1,11 @@
 """Core modules import no Dagster or MLflow (except the code location, the tracking module and the MLflow pyfunc
-wrapper of the registered tokenizers: `serving` and its models-from-code entry `pyfunc_tokenizer`)."""
+wrapper of the registered models: `serving` and its models-from-code entries `pyfunc_tokenizer`, `pyfunc_recommender`)."""
 import ast
 from pathlib import Path
 
 CORE = Path(__file__).resolve().parent.parent / "unisid_pipeline"
 ALLOWED = {"definitions.py": {"assets"}, "tracking.py": {"mlflow"}, "serving.py": {"mlflow"},
-           "pyfunc_tokenizer.py": {"mlflow"}}
+           "pyfunc_tokenizer.py": {"mlflow"}, "pyfunc_recommender.py": {"mlflow"}}
 FORBIDDEN = {"dagster", "mlflow", "assets", "dagster_webserver", "dagster_mlflow"}
 
 

@@ -37,7 +37,7 @@ ALL_ASSETS = ("raw_ads", "rejected_ads", "ad_interactions", "rejected_interactio
               "ad_text_embeddings", "ad_hierarchy_labels", "rq_kmeans_model", "rq_vae_model", "unisid_model",
               "rq_kmeans_sids", "rq_vae_sids", "unisid_sids", "unisid_embeddings", "sid_collision_report",
               "recommender_rq_kmeans", "recommender_rq_vae", "recommender_unisid", "downstream_eval",
-              "embedding_retrieval_eval", "rq_kmeans_catalog_sids")
+              "embedding_retrieval_eval", "rq_kmeans_catalog_sids", "rq_vae_catalog_sids", "unisid_catalog_sids")
 
 
 def artifacts_dir() -> Path:

@@ -562,3 +562,33 @@ def test_the_readme_cli_examples_run_as_written(materialized, tmp_path):
         assert out.returncode == 0, (line, out.stderr[-3000:])
     assert pl.read_parquet(tmp_path / "new_sids.parquet").height == 3
     assert pl.read_parquet(tmp_path / "recs.parquet")["ad_ids"].list.len().max() == 10
+
+
+def test_new_ads_get_unisid_sids_from_the_frozen_tokenizer_and_old_ones_never_change(materialized, tmp_path):
+    """unisid_catalog_sids: ads added to raw_ads get SIDs from the stored UniSID (one forward pass, no retraining); a new
+    ad whose text equals an existing ad's collides and gets a free code by the table's rule; every old row stays."""
+    import shutil
+
+    home, _ = materialized
+    copy = tmp_path / "home"
+    shutil.copytree(home, copy)
+    db = paths.warehouse_path(copy)
+    ads = warehouse.read_table(db, "raw_ads")
+    before = warehouse.read_table(db, "unisid_catalog_sids")
+    assert before.sort("ad_id").equals(warehouse.read_table(db, "unisid_sids").sort("ad_id"))  # nothing new yet
+    twin = ads.head(1).with_columns(pl.lit(20_000).cast(ads["ad_id"].dtype).alias("ad_id"))  # same text as ad 1
+    fresh = ads.slice(1, 1).with_columns(pl.lit(20_001).cast(ads["ad_id"].dtype).alias("ad_id"),
+                                         pl.lit("An ad the tokenizer has never seen").alias("title"))
+    warehouse.write_table(db, "raw_ads", pl.concat([ads, twin, fresh]))
+    job = build_definitions(home=str(copy)).resolve_job_def("full_pipeline").get_subset(
+        asset_selection={AssetKey("unisid_catalog_sids")})
+    assert job.execute_in_process(instance=DagsterInstance.ephemeral()).success
+    after = warehouse.read_table(db, "unisid_catalog_sids")
+    assert after.filter(pl.col("ad_id") < 20_000).sort("ad_id").equals(before.sort("ad_id"))
+    new = after.filter(pl.col("ad_id") >= 20_000).sort("ad_id")
+    assert new["ad_id"].to_list() == [20_000, 20_001]
+    original = before.filter(pl.col("ad_id") == ads["ad_id"][0])
+    assert new["raw_codes"][0].to_list() == original["raw_codes"][0].to_list()  # same text, same raw SID...
+    assert new["codes"][0].to_list() != original["codes"][0].to_list()  # ...resolved to a free one
+    assert after["codes"].cast(pl.List(pl.Utf8)).list.join("-").is_unique().all()
+    assert (after["model_version"] == before["model_version"][0]).all()

@@ -48,6 +48,8 @@ def test_new_ads_get_sids_from_the_frozen_tokenizer_and_old_sids_stay(home, tmp_
     assert new["model_version"].unique().to_list() == base["model_version"].unique().to_list()
     # the stored tokenizer was used as it was, not retrained
     assert warehouse.read_object(home / "objects" / "rq_kmeans_model.pkl").fingerprint == model_before
+    assert not result.asset_materializations_for_node("rq_vae_catalog_sids")  # never trained: skipped, no empty table
+    assert not warehouse.has_table(db, "rq_vae_catalog_sids")
     mat = result.asset_materializations_for_node("rq_kmeans_catalog_sids")[0]
     assert mat.metadata["n_new"].value == 60 and mat.metadata["n_existing"].value == 200
 
