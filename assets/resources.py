@@ -182,7 +182,13 @@ class MlflowTracking(ConfigurableResource):
         tags.update(environment_tags())
         tags.update(extra)
         run_name = f"{step or keys[0]}{name_suffix}-{op_context.run_id[:8]}"
+        same_step = ["dagster.asset_key", "dagster.step", *extra]  # a seed's run is compared with that seed's
         with open_run(self.resolved_uri(), self.experiment_name, run_name, tags, params,
-                      artifact_root=paths.mlflow_artifacts(home), system_metrics_s=self.system_metrics_s) as run:
+                      artifact_root=paths.mlflow_artifacts(home), system_metrics_s=self.system_metrics_s,
+                      compare_on=same_step if params else ()) as run:
             context.log.info(f"MLflow run {run.run_id} ({run.url(self.ui_base)})")
+            if run.config_changes:
+                context.log.warning(f"{step or keys[0]} runs with another config or data than its last materialization "
+                                    f"({run.config_changes}); if that is not meant, pass the same -c config files as "
+                                    "then (the demo: -c configs/cpu.yaml -c configs/demo.yaml)")
             yield run

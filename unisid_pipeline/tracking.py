@@ -14,7 +14,7 @@ import os
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,7 @@ class TrackedRun:
     run_id: str
     experiment_id: str
     tracking_uri: str
+    config_changes: str | None = None  # how the params differ from the previous run of the same step (open_run)
 
     @property
     def client(self) -> MlflowClient:
@@ -203,19 +204,25 @@ def open_run(
     params: Mapping[str, Any] | None = None,
     artifact_root: Path | None = None,
     system_metrics_s: float = 0.0,
+    compare_on: Sequence[str] = (),
 ) -> Iterator[TrackedRun]:
     """One MLflow run: created, tagged (with the git commit), params logged; FINISHED on success, FAILED on
     error. system_metrics_s > 0: MLflow's system metrics (CPU, memory, disk, network; GPU where pynvml is
-    installed) sampled every that many seconds while the run is open."""
+    installed) sampled every that many seconds while the run is open. compare_on: tag names; the run's
+    `config_changes` then says how `params` differ from those of the last finished run with the same values of
+    those tags (None: no such run, or no difference)."""
     check_tracking_uri(tracking_uri)
     with fluent_tracking_uri(tracking_uri):
         exp_id = ensure_experiment(tracking_uri, experiment, artifact_root)
         client = MlflowClient(tracking_uri=tracking_uri)
         mark_killed_runs(client, exp_id)
         owner = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+        changes = config_changes(client, exp_id, {k: str(tags[k]) for k in compare_on if k in tags}, params or {}) \
+            if compare_on else None
         run = client.create_run(exp_id, run_name=run_name,
                                 tags={**source_tags(), **{k: str(v) for k, v in tags.items()}, **owner})
-        tracked = TrackedRun(run_id=run.info.run_id, experiment_id=exp_id, tracking_uri=tracking_uri)
+        tracked = TrackedRun(run_id=run.info.run_id, experiment_id=exp_id, tracking_uri=tracking_uri,
+                             config_changes=changes)
         monitor = _system_metrics(run.info.run_id, tracking_uri, system_metrics_s) if system_metrics_s > 0 else None
         try:
             try:
@@ -230,6 +237,29 @@ def open_run(
             raise
         else:
             client.set_terminated(run.info.run_id, status="FINISHED")
+
+
+def config_changes(client: MlflowClient, experiment_id: str, match: Mapping[str, str], params: Mapping[str, Any],
+                   limit: int = 6) -> str | None:
+    """'key old -> new, ...' for the params that differ from the last FINISHED run whose tags equal `match`
+    (None when there is no such run or nothing differs), e.g. a materialization that left out the config
+    files of the previous one."""
+    def quote(v: str) -> str:
+        return v.replace("'", "\\'")
+
+    query = " and ".join([*(f"tags.`{k}` = '{quote(v)}'" for k, v in match.items()), "attributes.status = 'FINISHED'"])
+    try:
+        runs = client.search_runs([experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
+    except mlflow.exceptions.MlflowException:
+        return None
+    if not runs:
+        return None
+    old, new = runs[0].data.params, flatten_params(params)
+    diff = [k for k in sorted(new) if old.get(k) != new[k]]  # params logged later (e.g. by log_model) are not config
+    if not diff:
+        return None
+    shown = ", ".join(f"{k} {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}" for k in diff[:limit])
+    return shown + (f" and {len(diff) - limit} more" if len(diff) > limit else "")
 
 
 def _system_metrics(run_id: str, tracking_uri: str, interval_s: float):

@@ -57,3 +57,17 @@ def test_a_pickled_registered_version_is_refused_without_being_unpickled(tmp_pat
                                            "Re-materialize its asset"):
         load_registered_model(uri, "models:/rq_kmeans_tokenizer/1")
     assert calls == []
+
+
+def test_a_run_says_how_its_params_differ_from_the_last_run_of_the_same_step(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    step = {"dagster.asset_key": "unisid_model", "dagster.step": "unisid_model"}
+    on = ("dagster.asset_key", "dagster.step")
+    with open_run(uri, "e", "first", step, {"epochs": 2, "train": {"amp": True}}, compare_on=on) as run:
+        assert run.config_changes is None  # nothing to compare with yet
+    with open_run(uri, "e", "same", step, {"epochs": 2, "train": {"amp": True}}, compare_on=on) as run:
+        assert run.config_changes is None
+    with open_run(uri, "e", "other step", {**step, "dagster.step": "x"}, {"epochs": 9}, compare_on=on) as run:
+        assert run.config_changes is None  # another step's runs are not compared
+    with open_run(uri, "e", "changed", step, {"epochs": 10, "train": {"amp": False}}, compare_on=on) as run:
+        assert run.config_changes == "epochs 2 -> 10, train.amp true -> false"

@@ -195,7 +195,11 @@ def test_rematerializing_with_same_config_and_data_changes_nothing(materialized)
     job = build_definitions(home=str(home)).resolve_job_def("full_pipeline").get_subset(asset_selection=set(keys))
     ops = ("ingested_tables", "ad_summaries", "ad_hierarchy_labels", "rq_kmeans_model", "rq_kmeans_sids", "unisid_model")
     cfg = {"ops": {k: RUN_CONFIG["ops"][k] for k in ops}}
-    assert job.execute_in_process(run_config=cfg, instance=DagsterInstance.ephemeral()).success
+    instance = DagsterInstance.ephemeral()
+    result = job.execute_in_process(run_config=cfg, instance=instance)
+    assert result.success
+    assert not [e.user_message for e in instance.all_logs(result.run_id)
+                if "another config or data" in (e.user_message or "")]  # same config and data: no drift warning
 
     for n in names:
         after = warehouse.read_table(db, n)
@@ -476,6 +480,9 @@ def test_a_new_version_that_is_not_the_champion_says_so(materialized, tmp_path):
     messages = [e.user_message for e in instance.all_logs(result.run_id)]
     assert any(m.startswith("rq_kmeans_tokenizer version 2 is not the champion: @champion still points at version 1")
                for m in messages), [m for m in messages if "registry" in m]
+    # left-out or changed config files are not silent either: the run says what differs from the last one
+    assert any(m.startswith("rq_kmeans_model runs with another config or data than its last materialization (seed 0 -> 7)")
+               for m in messages), [m for m in messages if "config" in m]
 
 
 def test_asset_checks_guard_the_sid_tables_and_the_summaries(materialized):
