@@ -188,12 +188,18 @@ def log_recommender(model: Any, name: str, example: pl.DataFrame, pip_requiremen
                        _plain_lists(example.to_pandas()), output, pip_requirements, params={"k": DEFAULT_K})
 
 
+CODE_LOADER = "mlflow.pyfunc.loaders.code_model"  # a pyfunc model from code: no pickled Python object in it
+
+
 def _refuse_pickles(model_uri: str) -> None:
+    """Only pyfunc models from code load: anything else (a pickled torch model from before this format, a
+    cloudpickled PythonModel) is refused before a byte of it is unpickled."""
     info = mlflow.models.get_model_info(model_uri)
-    if "pytorch" in info.flavors or "python_function" not in info.flavors:
-        raise RuntimeError(f"{model_uri} is stored as a pickled object (flavors {sorted(info.flavors)}), from before the "
-                           "safetensors pyfunc format; it is not loaded, because unpickling runs arbitrary code. "
-                           "Re-materialize its asset to register a pyfunc version")
+    loader = info.flavors.get("python_function", {}).get("loader_module")
+    if loader != CODE_LOADER:
+        raise RuntimeError(f"{model_uri} is stored as a pickled object (flavors {sorted(info.flavors)}, loader {loader}), "
+                           "not as this project's safetensors pyfunc; it is not loaded, because unpickling runs "
+                           "arbitrary code. Re-materialize its asset to register a pyfunc version")
 
 
 def load_pyfunc(model_uri: str) -> tuple[str | None, Any]:

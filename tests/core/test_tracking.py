@@ -71,3 +71,23 @@ def test_a_run_says_how_its_params_differ_from_the_last_run_of_the_same_step(tmp
         assert run.config_changes is None  # another step's runs are not compared
     with open_run(uri, "e", "changed", step, {"epochs": 10, "train": {"amp": False}}, compare_on=on) as run:
         assert run.config_changes == "epochs 2 -> 10, train.amp true -> false"
+
+
+def test_a_cloudpickled_pyfunc_version_is_refused_too(tmp_path):
+    """Only pyfunc models from code load: a PythonModel object that MLflow cloudpickled is refused unloaded."""
+    import mlflow
+    import pytest
+
+    from unisid_pipeline.tracking import fluent_tracking_uri, load_registered_model
+
+    class Echo(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input: list[str], params=None) -> list[str]:
+            return model_input
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with open_run(uri, "exp", "foreign", {}, artifact_root=tmp_path / "artifacts") as run, fluent_tracking_uri(uri):
+        with mlflow.start_run(run_id=run.run_id):
+            info = mlflow.pyfunc.log_model(name="model", python_model=Echo())
+        mlflow.register_model(info.model_uri, "unisid_tokenizer")
+    with pytest.raises(RuntimeError, match="loader mlflow.pyfunc.model.*it is not loaded"):
+        load_registered_model(uri, "models:/unisid_tokenizer/1")
