@@ -546,7 +546,7 @@ def test_unisid_recommend_and_evaluate_use_the_registered_recommender(materializ
         assert report[k] == pytest.approx(recorded[k][0], abs=1e-4), k
     # a registry name that does not exist: one line naming it, exit code 2
     assert main(["evaluate", "--interactions", str(path), "--model", "models:/recommender_nope/1",
-                 "--tracking-uri", uri]) == 2
+                 "--out", str(tmp_path / "nope.json"), "--tracking-uri", uri]) == 2
     assert "models:/recommender_nope/1" in capsys.readouterr().err
 
 
