@@ -23,9 +23,6 @@ from unisid_pipeline.embeddings import frame_to_embeddings
 from unisid_pipeline.sid import LazyRowCost, collision_stats, sid_table_to_array
 from unisid_pipeline.sid_incremental import assign_new_sids, new_ad_ids
 
-METHODS = ("rq_kmeans", "rq_vae", "unisid")
-
-
 def _resolution_of(table: pl.DataFrame) -> str:
     """The resolution a SID table was built with: length L + 1 = suffix; length L = reassign, or none when
     SIDs still collide."""

@@ -1,4 +1,5 @@
 """Downstream generative recommender per SID method, and the side-by-side evaluation."""
+import hashlib
 import time
 
 import polars as pl
@@ -20,8 +21,6 @@ from dagster import (
 )
 from pydantic import Field
 
-import numpy as np
-
 from assets.config import graph_config, mirror, to_core
 from assets.metadata import device_in_use, figure_metadata, markdown_table, readable, run_metadata
 from assets.resources import ComputeDevice, MlflowTracking, ProjectHome, optional_input
@@ -30,7 +29,7 @@ from unisid_pipeline.embeddings import frame_to_embeddings
 from unisid_pipeline.recommender import RecommenderConfig, evaluate_recommender, train_recommender
 from unisid_pipeline.reporting import comparison_figure, summarize_runs
 from unisid_pipeline.retrieval import heldout_pairs, retrieval_recall
-from unisid_pipeline.artifacts import array_fingerprint, state_fingerprint
+from unisid_pipeline.artifacts import state_fingerprint
 from unisid_pipeline.tracking import find_version, set_alias, version_tags
 
 GROUP = "recommender"
@@ -77,7 +76,7 @@ def register_best_seed(context: OpExecutionContext, run, method: str, seeds: lis
     same weights and SID table); returns "recommender_<method>/<version>"."""
     name = f"recommender_{method}"
     best = max(seeds, key=lambda r: (r["valid_recall@10"], -r["row"]["seed"]))
-    fingerprint = array_fingerprint(np.frombuffer((best["weights"] + sid_version).encode(), dtype=np.uint8))
+    fingerprint = hashlib.sha256(f"{best['weights']}|{sid_version}".encode()).hexdigest()  # same weights, same table
     version = find_version(run, name, fingerprint)
     if version is None:
         version = run.register(best["model_uri"], name, version_tags(fingerprint, {

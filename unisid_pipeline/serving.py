@@ -136,11 +136,10 @@ def recommend_frame(model: Any, frame: pl.DataFrame, k: int = DEFAULT_K) -> pd.D
         raise ValueError(f"a recommender reads column history (the user's ad_ids, oldest first), got {frame.columns}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    known = model.vocab._index
     histories, n_unknown = [], []
     for hist in frame["history"].to_list():
         hist = [int(a) for a in (hist or [])]
-        kept = [a for a in hist if a in known]
+        kept = [a for a in hist if model.vocab.knows(a)]
         histories.append(kept)
         n_unknown.append(len(hist) - len(kept))
     user_ids = None

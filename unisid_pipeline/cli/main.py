@@ -36,8 +36,6 @@ def _tracking_uri(given: str) -> str:
 def _clean_rows(path: Path, kind: str, out: Path, args: argparse.Namespace):
     """The valid rows of an ads or interactions file, through ingestion's readers and validation; rejected rows are
     kept with their reason in <out>.rejected.parquet (and summed up on stderr)."""
-    from unisid_pipeline.files import atomic_write_bytes
-
     if kind == "ads":
         parsed = read_rows(path, AD_REQUIRED)
         result = validate_ads(parsed.rows, parsed.source, category_sep=args.category_sep)
@@ -49,9 +47,7 @@ def _clean_rows(path: Path, kind: str, out: Path, args: argparse.Namespace):
     rejected = concat_rejected(parsed.rejected, result.rejected)
     if rejected.height:
         rej_path = out.with_name(out.stem + ".rejected.parquet")
-        buf = io.BytesIO()
-        rejected.write_parquet(buf)
-        atomic_write_bytes(rej_path, buf.getvalue())
+        _write_parquet(rejected, rej_path)
         top = rejected.group_by("field").len().sort("len", descending=True).head(3)
         print(f"{rejected.height:,} row(s) of {path} rejected, kept with their reason in {rej_path} "
               f"(most: {', '.join(f'{f} {n}' for f, n in top.iter_rows())})", file=sys.stderr)
@@ -61,10 +57,14 @@ def _clean_rows(path: Path, kind: str, out: Path, args: argparse.Namespace):
 
 
 def _write_parquet(frame, out: Path) -> None:
+    """A polars or pandas frame to `out`, atomically."""
     from unisid_pipeline.files import atomic_write_bytes
 
     buf = io.BytesIO()
-    frame.to_parquet(buf, index=False)
+    if isinstance(frame, pl.DataFrame):
+        frame.write_parquet(buf)
+    else:
+        frame.to_parquet(buf, index=False)
     atomic_write_bytes(out, buf.getvalue())
 
 

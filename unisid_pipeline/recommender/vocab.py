@@ -137,6 +137,10 @@ class SIDVocab:
             )
         return np.asarray(out, dtype=np.int64)
 
+    def knows(self, ad_id: int) -> bool:
+        """Whether the table has a SID for this ad_id."""
+        return int(ad_id) in self._index
+
     def encode_item(self, ad_id: int) -> tuple[int, ...]:
         """The L' token ids of one item."""
         return tuple(int(t) for t in self.item_tokens[self.item_index([ad_id])[0]])
