@@ -206,11 +206,12 @@ class UniSIDModel(nn.Module):
         return hist
 
     def encode_heads(self, ads: pl.DataFrame, batch_size: int = 64, device: str = "cpu",
-                     amp: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     amp: bool = False, encoded: list | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(head argmax codes int64 (n, L), embeddings float32 (n, D), last-level logits float32 (n, K)).
 
         Ads are batched by token length (for speed), outputs are returned in the input order. amp: bf16
-        autocast on CUDA.
+        autocast on CUDA. encoded: ``self.builder.encode_ads(ads)`` when the caller has it already (training
+        encodes the catalog every epoch; tokenising it again each time was most of that cost).
         """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -223,7 +224,10 @@ class UniSIDModel(nn.Module):
         codes = np.zeros((n, cfg.n_levels), dtype=np.int64)
         embs = np.zeros((n, cfg.emb_dim), dtype=np.float32)
         last = np.zeros((n, cfg.codebook_size), dtype=np.float32)
-        encoded = self.builder.encode_ads(ads)
+        if encoded is None:
+            encoded = self.builder.encode_ads(ads)
+        elif len(encoded) != n:
+            raise ValueError(f"encoded holds {len(encoded)} ads, the table {n}")
         images = image_matrix(ads, cfg.image_dim) if cfg.n_image_slots else None
         lengths = np.array([len(e.text_ids) + sum(len(a) for a in e.attr_ids) for e in encoded], dtype=np.int64)
         order = np.argsort(lengths, kind="stable")

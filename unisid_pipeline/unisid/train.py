@@ -241,7 +241,6 @@ def train_unisid(
     use_amp = (config.amp and dev.type == "cuda") or (dev.type == "cpu" and cpu_amp_enabled(config.cpu_amp))
 
     stats_idx = np.sort(np.random.default_rng([seed, 0xC0DE]).permutation(n)[: config.code_stats_sample])
-    stats_ads = ads[stats_idx.tolist()] if len(stats_idx) else None
 
     fingerprint = _fingerprint(ads, rec_texts, labels_np, partners if use_pairs else None)
     history: dict[str, list[dict[str, Any]]] = {"step": [], "epoch": []}
@@ -362,7 +361,7 @@ def train_unisid(
             ep_rec: dict[str, Any] = {"epoch": ep, "step": step + 1,
                                       "loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan")}
             epoch_losses = []
-            ep_rec.update(_epoch_stats(model, stats_ads, ads, retrieval_pairs, config, seed, dev))
+            ep_rec.update(_epoch_stats(model, stats_idx, ads, encoded, retrieval_pairs, config, seed, dev, use_amp))
             history["epoch"].append(ep_rec)
             ep_recs.append(ep_rec)
             logger.info("epoch %d done: %s", ep, {k: round(v, 4) for k, v in ep_rec.items()})
@@ -391,16 +390,30 @@ def train_unisid(
     return model, history
 
 
-def _epoch_stats(model: UniSIDModel, stats_ads: pl.DataFrame | None, ads: pl.DataFrame,
+def _epoch_stats(model: UniSIDModel, stats_idx: np.ndarray, ads: pl.DataFrame, encoded: list,
                  retrieval_pairs: np.ndarray | None, config: UniSIDTrainConfig, seed: int,
-                 dev: torch.device) -> dict[str, float]:
-    """Per-epoch diagnostics: code usage/perplexity of the SIDs on a fixed sample (head argmax, or a
-    quantizer fitted on the sample's embeddings for sid_source="embedding_rq"; the head codes are then
-    reported too, as head_*), and the embedding's held-out retrieval when pairs are given."""
+                 dev: torch.device, amp: bool) -> dict[str, float]:
+    """Per-epoch diagnostics: code usage/perplexity of the SIDs on a fixed sample of ads (rows
+    ``stats_idx``; head argmax, or a quantizer fitted on the sample's embeddings for
+    sid_source="embedding_rq"; the head codes are then reported too, as head_*), and the embedding's
+    held-out retrieval when pairs are given. ``encoded`` is the catalog as tokenised once for training;
+    with retrieval the catalog is encoded once and the sample read from it."""
     out: dict[str, float] = {}
     k = config.model.codebook_size
-    if stats_ads is not None:
-        head, emb, _ = model.encode_heads(stats_ads, batch_size=config.encode_batch_size, device=str(dev))
+    want_retrieval = retrieval_pairs is not None and len(retrieval_pairs) and ads.height >= 1001
+
+    def encode(rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        sub = ads if rows is None else ads[rows.tolist()]
+        enc = encoded if rows is None else [encoded[i] for i in rows]
+        head, emb, _ = model.encode_heads(sub, batch_size=config.encode_batch_size, device=str(dev), amp=amp,
+                                          encoded=enc)
+        return head, emb
+
+    emb_all = None
+    if want_retrieval:
+        head_all, emb_all = encode(None)
+    if len(stats_idx):
+        head, emb = (head_all[stats_idx], emb_all[stats_idx]) if emb_all is not None else encode(stats_idx)
         if config.model.sid_source == "head":
             out.update(code_stats(head, k))
         else:
@@ -413,8 +426,7 @@ def _epoch_stats(model: UniSIDModel, stats_ads: pl.DataFrame | None, ads: pl.Dat
                     out.update(code_stats(tok.encode(emb), k))
                 finally:
                     set_rng_state(state)
-    if retrieval_pairs is not None and len(retrieval_pairs) and ads.height >= 1001:
-        _, emb_all, _ = model.encode_heads(ads, batch_size=config.encode_batch_size, device=str(dev))
+    if emb_all is not None:
         res = retrieval_recall(np.arange(ads.height), emb_all, retrieval_pairs, n_negatives=999, seed=seed)
         out["retrieval_r10"] = res["recall@10"]
     return out
