@@ -5,6 +5,7 @@ A test checks that every mirror has exactly the fields (and defaults) of its cor
 
 import dataclasses
 import inspect
+import math
 import types
 import typing
 from typing import Any, Literal, TypeVar
@@ -151,8 +152,9 @@ def check_config(cfg: Config, where: str) -> None:
     fields) and resolve every `device`; raise ValueError naming the config path and the field."""
     from unisid_pipeline.seeding import resolve_device
 
-    for name in type(cfg).model_fields:  # nested configs first: the error names the innermost one
+    for name, info in type(cfg).model_fields.items():  # nested configs first: the error names the innermost one
         value = getattr(cfg, name)
+        _check_finite_and_non_empty(value, info, f"{where}.{name}")
         if isinstance(value, Config):
             check_config(value, f"{where}.{name}")
         elif name == "device" and isinstance(value, str):
@@ -165,6 +167,21 @@ def check_config(cfg: Config, where: str) -> None:
             to_core(cfg, CORE_OF[type(cfg)])
         except ValueError as exc:
             raise ValueError(f"invalid run config {where}: {exc}") from None
+
+
+def _check_finite_and_non_empty(value: Any, info: Any, where: str) -> None:
+    """No NaN or infinity anywhere in a config (a NaN learning rate trains nothing and compares false with every
+    bound), and no empty list where the default list is not empty (seeds: [] would train no model)."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    for v in values:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"invalid run config {where}: {v} is not a finite number; give a finite value "
+                             f"(default {info.get_default(call_default_factory=True)!r})")
+    if isinstance(value, (list, tuple)) and not value:
+        default = info.get_default(call_default_factory=True)
+        if isinstance(default, (list, tuple)) and default:
+            raise ValueError(f"invalid run config {where}: the list is empty; give at least one value "
+                             f"(default {list(default)!r})")
 
 
 def graph_config(cls: type[Config], op_name: str, also: dict[str, list[str]] | None = None) -> ConfigMapping:

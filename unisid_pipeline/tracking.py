@@ -46,6 +46,67 @@ def flatten_params(params: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+_SECRET_QUERY_KEYS = ("token", "password", "passwd", "secret", "key", "auth", "credential", "signature", "sig")
+
+
+def redact_uri(uri: str) -> str:
+    """`uri` with its credentials masked: the user info of the netloc (`user:pass@` -> `***@`) and the values of
+    query parameters that look secret (token, password, key, ...). Anything that is not a URI comes back as is."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(k.lower().endswith(_SECRET_QUERY_KEYS) for k, _ in pairs):
+            query = urlencode([(k, "***" if k.lower().endswith(_SECRET_QUERY_KEYS) else v) for k, v in pairs], safe="*")
+    if netloc == parts.netloc and query == parts.query:
+        return uri
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact_text(text: str, *uris: str) -> str:
+    """`text` with every given URI, and each of its secret parts (password, user info, secret query values),
+    replaced by the redacted URI / `***`: for error messages that quote a URI (MLflow's REST errors do)."""
+    from urllib.parse import parse_qsl, unquote, urlsplit
+
+    for uri in uris:
+        if not uri:
+            continue
+        safe = redact_uri(uri)
+        if safe == uri:
+            continue
+        text = text.replace(uri, safe)
+        parts = urlsplit(uri)
+        secrets = [parts.password, parts.username if parts.password is None else None,
+                   *(v for k, v in parse_qsl(parts.query) if k.lower().endswith(_SECRET_QUERY_KEYS))]
+        for secret in filter(None, secrets):
+            for form in {secret, unquote(secret)}:
+                if len(form) >= 3:
+                    text = text.replace(form, "***")
+    return text
+
+
+@contextlib.contextmanager
+def redacted_errors(*uris: str) -> Iterator[None]:
+    """Re-raise an error whose message quotes a credential of `uris` as a RuntimeError with the credential masked
+    (and no link to the original, whose message and traceback would print it)."""
+    try:
+        yield
+    except Exception as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        safe = redact_text(message, *uris)
+        if safe == message:
+            raise
+        raise RuntimeError(safe) from None
+
+
 def check_tracking_uri(uri: str) -> None:
     """Fail before any work when the tracking server cannot be reached (http/https URIs)."""
     if not uri.startswith(("http://", "https://")):
@@ -56,11 +117,11 @@ def check_tracking_uri(uri: str) -> None:
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5):
             return
-    except (urllib.error.URLError, OSError) as exc:
-        raise ConnectionError(
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise ConnectionError(redact_text(
             f"MLflow tracking server {uri} is unreachable ({exc}). Start it, fix MLFLOW_TRACKING_URI, "
-            "or unset it to track locally under the project home."
-        ) from exc
+            "or unset it to track locally under the project home (credentials belong in MLFLOW_TRACKING_USERNAME / "
+            "MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN, not in the URI).", uri)) from None
 
 
 @contextlib.contextmanager
@@ -192,7 +253,8 @@ class TrackedRun:
         return str(mv.version)
 
     def url(self, ui_base: str = "http://127.0.0.1:5000") -> str:
-        return f"{ui_base}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        """The run's page in the MLflow UI, without any credential of `ui_base` (it goes into logs and metadata)."""
+        return f"{redact_uri(ui_base)}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
 
 
 @contextlib.contextmanager
@@ -212,7 +274,7 @@ def open_run(
     `config_changes` then says how `params` differ from those of the last finished run with the same values of
     those tags (None: no such run, or no difference)."""
     check_tracking_uri(tracking_uri)
-    with fluent_tracking_uri(tracking_uri):
+    with redacted_errors(tracking_uri), fluent_tracking_uri(tracking_uri):
         exp_id = ensure_experiment(tracking_uri, experiment, artifact_root)
         client = MlflowClient(tracking_uri=tracking_uri)
         mark_killed_runs(client, exp_id)

@@ -1,5 +1,6 @@
 """MLflow tracking helpers: one run never leaks its store into the next (mlflow.set_tracking_uri writes os.environ);
 system metrics follow a run and stop with it."""
+import pytest
 import os
 
 from unisid_pipeline.tracking import open_run
@@ -91,3 +92,33 @@ def test_a_cloudpickled_pyfunc_version_is_refused_too(tmp_path):
         mlflow.register_model(info.model_uri, "unisid_tokenizer")
     with pytest.raises(RuntimeError, match="loader mlflow.pyfunc.model.*it is not loaded"):
         load_registered_model(uri, "models:/unisid_tokenizer/1")
+
+
+def test_redact_uri_masks_user_info_and_secret_query_values_only():
+    from unisid_pipeline.tracking import redact_text, redact_uri
+
+    assert redact_uri("https://alice:pw@mlflow.example:5000/path?x=1") == "https://***@mlflow.example:5000/path?x=1"
+    assert redact_uri("http://h:5000/?access_token=abc&run=7") == "http://h:5000/?access_token=***&run=7"
+    for plain in ("sqlite:////tmp/home/mlflow.db", "http://127.0.0.1:5000", "file:///x/mlruns", "databricks"):
+        assert redact_uri(plain) == plain
+    uri = "https://alice:p%40ss@h/?token=t0k3n"
+    msg = f"API request to {uri}api/2.0 failed; auth alice:p@ss, token t0k3n"
+    safe = redact_text(msg, uri)
+    assert "p%40ss" not in safe and "p@ss" not in safe and "t0k3n" not in safe and "https://***@h/" in safe
+
+
+def test_open_run_errors_and_run_links_never_carry_credentials(tmp_path):
+    import socket
+
+    from unisid_pipeline.tracking import TrackedRun, check_tracking_uri
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://alice:hunter2@127.0.0.1:{port}"
+    with pytest.raises(ConnectionError) as info:
+        check_tracking_uri(uri)
+    assert "hunter2" not in str(info.value) and "***@127.0.0.1" in str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    run = TrackedRun(run_id="r1", experiment_id="1", tracking_uri="sqlite:///x.db")
+    assert run.url("https://bob:pw9@ui.example") == "https://***@ui.example/#/experiments/1/runs/r1"

@@ -26,6 +26,10 @@ CASES = [
      "seeds\n  Value error, seeds is empty: give at least one seed, e.g. seeds: [0]"),
     ("recommender_unisid", {"seeds": [1, 1]}, "ops.recommender_unisid.config: 1 validation error for RecommenderRun\n"
      "seeds\n  Value error, seeds must be distinct non-negative ints, got [1, 1]"),
+    ("unisid_model", {"train": {"lr_heads": float("nan")}},
+     "ops.unisid_model.config.train.lr_heads: nan is not a finite number; give a finite value (default 0.001)"),
+    ("rq_vae_model", {"model": {"beta": float("inf")}},
+     "ops.rq_vae_model.config.model.beta: inf is not a finite number"),
     ("ad_summaries", {"chunk_size": 1, "summarizer": {"backend": "template", "device": "cuda:9"}},
      "ops.ad_summaries.config.summarizer.device: device 'cuda:9' requested but"),
 ]

@@ -81,6 +81,25 @@ def test_unreachable_mlflow_server_fails_the_launch_before_training(home, monkey
     assert not warehouse.has_table(db, "unisid_sids")
 
 
+def test_credentials_in_the_tracking_uri_are_never_printed_nor_stored_in_the_event_log(home, monkeypatch):
+    """A tracking URI with a password and a token (user:pass@host, ?token=): the launch fails as above, and neither
+    secret appears in the error, in any Dagster event of the run, or on stderr."""
+    write_unisid_inputs(home)
+    uri = f"http://alice:s3cr3t-pw@127.0.0.1:{_closed_port()}/?token=tok-98765"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("UNISID_MLFLOW_UI_URL", "https://bob:ui-pass-4321@mlflow.example")
+    defs = build_definitions(home=str(home))
+    job = defs.resolve_job_def("full_pipeline").get_subset(asset_selection={AssetKey("unisid_model")})
+    result = job.execute_in_process(run_config={"ops": {"unisid_model": {"config": UNISID}}},
+                                    instance=DagsterInstance.ephemeral(), raise_on_error=False)
+    assert not result.success
+    text = failure_text(result)
+    assert "is unreachable" in text and "http://***@127.0.0.1" in text and "token=***" in text
+    logged = text + "".join(repr(e) for e in result.all_events)
+    for secret in ("s3cr3t-pw", "tok-98765", "alice:"):
+        assert secret not in logged
+
+
 HOLDER = """
 import sys, time, duckdb
 con = duckdb.connect(sys.argv[1])  # a notebook / CLI / second run holding the warehouse open for writing

@@ -206,9 +206,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unisid {args.command}: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # the registry's own errors (no such model, version or alias): one line, not a traceback
-        if not type(exc).__module__.startswith("mlflow"):
+        from unisid_pipeline.tracking import redact_text
+
+        uri = _tracking_uri(getattr(args, "tracking_uri", ""))
+        message = redact_text(str(getattr(exc, "message", exc)), uri)
+        if not type(exc).__module__.startswith("mlflow") and message == str(getattr(exc, "message", exc)):
             raise
-        print(f"unisid {args.command}: {args.model}: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        print(f"unisid {args.command}: {args.model}: {message}", file=sys.stderr)  # never the URI's credentials
         return 2
 
 
