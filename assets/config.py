@@ -63,6 +63,15 @@ class Ingestion(Config):
     max_text_chars: int = Field(_I.max_text_chars, description="longer titles/descriptions are rejected")
     timestamp_order: Literal["reject", "sort"] = Field(
         _I.timestamp_order, description="reject events that go back in time per user, or sort them")
+    timestamp_unit: Literal["s", "ms"] = Field(
+        _I.timestamp_unit, description="unit of the files' timestamps: s (a value >= 1e11 is rejected as milliseconds) "
+        "or ms (divided by 1000; a positive value < 1e11 is rejected as seconds)")
+    datetime_timestamps: Literal["reject", "epoch_seconds"] = Field(
+        _I.datetime_timestamps, description="a Parquet Datetime/Date timestamp column: reject the file, or convert "
+        "it to epoch_seconds (UTC)")
+    max_input_rows: int = Field(_I.max_input_rows, description="a file with more rows is refused before it is read")
+    max_input_bytes: int = Field(_I.max_input_bytes, description="a file larger than this (Parquet: uncompressed) is "
+                                 "refused before it is read")
 
 
 def to_core(cfg: Config, core_cls: type[T]) -> T:

@@ -49,6 +49,7 @@ def ingested_tables(context: AssetExecutionContext, config: Ingestion, mlflow: M
         )
         run.log_metrics({k: v for k, v in info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         run.log_dict(info, "ingestion_info.json")
+        if info.get("unknown_columns"): context.log.warning(f"columns not in the schema, ignored (misspelled? suggestion or None): {info['unknown_columns']}")  # noqa: E701
         for name, frame in (("rejected_ads", result.rejected_ads), ("rejected_interactions", result.rejected_interactions)):
             if frame.height:
                 run.log_table(frame, f"{name}.parquet")

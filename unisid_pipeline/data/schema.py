@@ -55,6 +55,9 @@ AD_COLUMNS: dict[str, pl.DataType] = {
     "image_features": pl.List(pl.Float32),
 }
 AD_REQUIRED = ("ad_id", "title")
+# Text columns whose value must be a string in the file (a number, boolean, list or struct is rejected, not
+# turned into text). category_path may also be a list of levels (see data/category_path.py).
+AD_TEXT_COLUMNS = ("title", "description", "advertiser", "industry", "brand", "landing_type")
 
 INTERACTION_COLUMNS: dict[str, pl.DataType] = {
     "user_id": pl.Int64,

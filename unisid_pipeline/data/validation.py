@@ -18,6 +18,7 @@ from unisid_pipeline.data.category_path import normalise_category_path
 from unisid_pipeline.data.schema import (
     AD_COLUMNS,
     AD_REQUIRED,
+    AD_TEXT_COLUMNS,
     CATEGORY_SEP,
     INTERACTION_COLUMNS,
     INTERACTION_REQUIRED,
@@ -27,12 +28,16 @@ from unisid_pipeline.data.schema import (
 
 DEFAULT_MAX_TEXT_CHARS = 20_000
 TEXT_FIELDS = ("title", "description")
+MS_THRESHOLD = 10**11  # as seconds: year 5138; as milliseconds: 1973-03-03
+TIMESTAMP_UNITS = ("s", "ms")
+DUPLICATE_POLICIES = ("reject", "last_wins")
 
 
 @dataclass(frozen=True)
 class ValidationResult:
     clean: pl.DataFrame
     rejected: pl.DataFrame
+    upserted: int = 0  # ad rows replaced by a later file's row of the same ad_id (on_duplicate_ad="last_wins")
 
     @property
     def counts(self) -> dict[str, int]:
@@ -94,19 +99,25 @@ def _coerce(frame: pl.DataFrame, schema: dict[str, pl.DataType]) -> tuple[pl.Dat
         cast = source_expr.cast(dtype, strict=False)
         if dtype == pl.Utf8:
             typed[name] = cast
+            if name in AD_TEXT_COLUMNS and src not in (pl.Null, pl.Categorical, pl.Enum):
+                # a number, boolean, list or struct is not text: reject it rather than turn it into text
+                typed[name] = pl.lit(None, dtype=pl.Utf8)
+                errors[name] = pl.when(col.is_not_null()).then(pl.lit(
+                    f"{name} has type {src}, expected text; write {name} as a string"))
             continue
         typed[name] = cast
         kind = "an integer" if dtype.is_integer() else "a number" if dtype.is_numeric() else str(dtype)
         failed = cast.is_null()
         if dtype.is_integer() and src.is_float():
             failed = failed | (cast.cast(src) != col)  # a float cast to an integer truncates: 2.5 would become 2
-        if dtype.is_numeric() and src == pl.Boolean:
-            failed = pl.lit(True)  # true/false is not a number
+        not_a_number = dtype.is_numeric() and (src == pl.Boolean or src.is_temporal())
+        if not_a_number:
+            failed = pl.lit(True)  # true/false or a date is not a number (a cast would give 1/0 or microseconds)
         errors[name] = (
             pl.when(col.is_not_null() & failed)
             .then(pl.format(f"{name} {{}} is not {kind}", col.cast(pl.Utf8).str.slice(0, 40)))
         )
-        if dtype.is_numeric() and src == pl.Boolean:
+        if not_a_number:
             typed[name] = pl.lit(None, dtype=dtype)
     out = frame.select(
         pl.col("_line"),
@@ -139,15 +150,28 @@ def _raw_json(frame: pl.DataFrame) -> pl.Series:
 _NO_RAW = pl.lit(None, dtype=pl.Utf8).alias("raw")  # filled by `_with_raw` once the rejected lines are known
 
 
+def _with_line(rows: pl.DataFrame) -> pl.DataFrame:
+    if "_line" in rows.columns:
+        return rows
+    return rows.with_row_index("_line", offset=1).with_columns(pl.col("_line").cast(pl.Int64))
+
+
 def _with_raw(rejected: pl.DataFrame, rows: pl.DataFrame) -> pl.DataFrame:
-    """Fill `raw` (the source row as JSON) for the rejected lines only: valid rows, almost all of a
-    large catalog, never pay for a JSON copy of themselves."""
+    """Fill `raw` (the source row as JSON) for the rejected lines of one source only: valid rows, almost
+    all of a large catalog, never pay for a JSON copy of themselves. Lines read as unparseable keep their raw."""
     if rejected.height == 0:
-        return rejected
-    bad = rows.filter(pl.col("_line").is_in(rejected["line"].implode()))
-    raw = pl.DataFrame({"line": bad["_line"].cast(pl.Int64), "raw": _raw_json(bad)})
-    return rejected.drop("raw").join(raw, on="line", how="left", maintain_order="left").select(
-        list(REJECTED_COLUMNS)).cast(REJECTED_COLUMNS)
+        return rejected.cast(REJECTED_COLUMNS)
+    todo = rejected.filter(pl.col("raw").is_null())
+    bad = rows.filter(pl.col("_line").is_in(todo["line"].implode()))
+    raw = pl.DataFrame({"line": bad["_line"].cast(pl.Int64), "__raw": _raw_json(bad)})
+    return rejected.join(raw, on="line", how="left", maintain_order="left").select(
+        *[c for c in REJECTED_COLUMNS if c != "raw"], pl.coalesce("raw", "__raw").alias("raw")).cast(REJECTED_COLUMNS)
+
+
+def _first_at(first_src: pl.Expr, first_line: pl.Expr) -> pl.Expr:
+    """"line N" when the first occurrence is in the same file, else "<file> line N"."""
+    return (pl.when(first_src == pl.col("__src")).then(pl.format("at line {}", first_line))
+            .otherwise(pl.format("in {} line {}", first_src, first_line)))
 
 
 def _split(typed: pl.DataFrame, checks: list[tuple[str, pl.Expr]], source: str) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -170,12 +194,12 @@ def validate_ads(
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
     category_sep: str = CATEGORY_SEP,
 ) -> ValidationResult:
-    """Validate ad rows (with `_line`). Checks: required fields, types, empty title, text length,
-    negative price, image-vector length, malformed category path, duplicate ad_id (the first
-    occurrence is kept). `category_path` may be a list of levels or a string joined by `category_sep`;
-    it comes out joined by " > " (`unisid_pipeline.data.category_path`)."""
-    if "_line" not in rows.columns:
-        rows = rows.with_row_index("_line", offset=1).with_columns(pl.col("_line").cast(pl.Int64))
+    """Validate ad rows (with `_line`) of one source; see `validate_ad_files`."""
+    return validate_ad_files([(rows, source)], max_text_chars=max_text_chars, category_sep=category_sep)
+
+
+def _check_ads(rows: pl.DataFrame, source: str, max_text_chars: int, category_sep: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(clean rows typed, with `_line`, ad_id unique; rejected rows without raw) of one source."""
     path_error = None
     if "category_path" in rows.columns:
         path, path_error = normalise_category_path(rows["category_path"], category_sep)
@@ -215,9 +239,61 @@ def validate_ads(
         _NO_RAW,
     ).cast(REJECTED_COLUMNS)])
     clean = clean.filter(pl.col("_line") == pl.col("__first"))
-    clean = clean.select(list(AD_COLUMNS)).cast(AD_COLUMNS)
-    return ValidationResult(clean=clean, rejected=_with_raw(rejected, rows).sort("line"))
+    return clean.select("_line", *AD_COLUMNS).cast(AD_COLUMNS), rejected
 
+
+def _union(cleans: list[pl.DataFrame], sources: list[str]) -> pl.DataFrame:
+    """The clean rows of all sources, in source then line order, with `__file` (index), `__src` and `__seq`."""
+    return pl.concat([c.with_columns(pl.lit(i, pl.Int64).alias("__file"), pl.lit(s).alias("__src"))
+                      for i, (c, s) in enumerate(zip(cleans, sources))]).with_row_index("__seq")
+
+
+def _per_source(rejects: list[pl.DataFrame], extra: pl.DataFrame, files: list[tuple[pl.DataFrame, str]]) -> pl.DataFrame:
+    """Each source's rejects plus its rows of `extra` (union-level rejects with `__file`), sorted by line, with raw."""
+    out = []
+    for i, (rows, _) in enumerate(files):
+        mine = extra.filter(pl.col("__file") == i).drop("__file").cast(REJECTED_COLUMNS)
+        out.append(_with_raw(pl.concat([rejects[i].cast(REJECTED_COLUMNS), mine]).sort("line", maintain_order=True), rows))
+    return concat_rejected(*out)
+
+
+def validate_ad_files(
+    files: list[tuple[pl.DataFrame, str]],
+    max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
+    category_sep: str = CATEGORY_SEP,
+    on_duplicate: Literal["reject", "last_wins"] = "reject",
+) -> ValidationResult:
+    """Validate the ad rows (with `_line`) of one or more sources [(rows, source name)], read as one union.
+
+    Checks: required fields, types (text fields must be text), empty title, text length, negative price,
+    image-vector length, malformed category path, duplicate ad_id. A repeated ad_id within a source is
+    rejected (the first kept); across sources `on_duplicate` decides: "reject" keeps the first (the
+    repeat is rejected naming both files and lines), "last_wins" lets the later source's row replace the
+    earlier one (counted in `upserted`). `category_path` may be a list of levels or a string joined by
+    `category_sep`; it comes out joined by " > " (`unisid_pipeline.data.category_path`)."""
+    if on_duplicate not in DUPLICATE_POLICIES:
+        raise ValueError(f"on_duplicate_ad must be one of {DUPLICATE_POLICIES}, got {on_duplicate!r}")
+    files = [(_with_line(rows), source) for rows, source in files]
+    checked = [_check_ads(rows, source, max_text_chars, category_sep) for rows, source in files]
+    union = _union([c for c, _ in checked], [s for _, s in files])
+    by_id = {"partition_by": "ad_id", "order_by": "__seq"}
+    if on_duplicate == "reject":
+        first = pl.col("__seq").first().over(**by_id)
+        repeat = union.with_columns(pl.col("__src").first().over(**by_id).alias("__fsrc"),
+                                    pl.col("_line").first().over(**by_id).alias("__fline")).filter(pl.col("__seq") != first)
+        extra = repeat.select(
+            pl.col("__file"), pl.col("__src").alias("source"), pl.col("_line").alias("line"), pl.lit("ad_id").alias("field"),
+            pl.format("duplicate ad_id {} (first in {} line {}); ad ids must be unique across the input files: drop or "
+                      "renumber the repeat, or set on_duplicate_ad='last_wins' to let later files replace earlier rows",
+                      pl.col("ad_id"), pl.col("__fsrc"), pl.col("__fline")).alias("reason"), _NO_RAW)
+        clean, upserted = union.filter(pl.col("__seq") == first), 0
+    else:
+        last = pl.col("__seq").last().over(**by_id)
+        clean = union.filter(pl.col("__seq") == last)
+        upserted = union.height - clean.height
+        extra = pl.DataFrame(schema={"__file": pl.Int64, **REJECTED_COLUMNS})
+    rejected = _per_source([r for _, r in checked], extra, files)
+    return ValidationResult(clean.sort("__seq").select(list(AD_COLUMNS)).cast(AD_COLUMNS), rejected, upserted)
 
 
 def validate_interactions(
@@ -225,52 +301,88 @@ def validate_interactions(
     source: str,
     known_ad_ids: pl.Series,
     timestamp_order: Literal["reject", "sort"] = "reject",
+    timestamp_unit: Literal["s", "ms"] = "s",
 ) -> ValidationResult:
-    """Validate interaction rows. Checks: required fields, types, negative timestamps, unknown
-    ad ids, exact duplicates, and (with timestamp_order="reject") events that go back in time
-    for their user in file order."""
-    if timestamp_order not in ("reject", "sort"):
-        raise ValueError(f"timestamp_order must be 'reject' or 'sort', got {timestamp_order!r}")
-    if "_line" not in rows.columns:
-        rows = rows.with_row_index("_line", offset=1).with_columns(pl.col("_line").cast(pl.Int64))
+    """Validate the interaction rows of one source; see `validate_interaction_files`."""
+    return validate_interaction_files([(rows, source)], known_ad_ids, timestamp_order, timestamp_unit)
+
+
+def _check_interactions(rows: pl.DataFrame, source: str, known_ad_ids: pl.Series,
+                        timestamp_unit: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(clean rows typed, with `_line`; rejected rows without raw) of one source: row-level checks only."""
     typed, type_errors = _coerce(rows, INTERACTION_COLUMNS)
     checks = _required_and_type_checks(
         INTERACTION_REQUIRED, type_errors, "every interaction needs an integer user_id, ad_id and timestamp")
-    checks.append(("timestamp", pl.when(pl.col("timestamp") < 0).then(
-        pl.format("timestamp {} is negative", pl.col("timestamp")))))
+    ts = pl.col("timestamp")
+    checks.append(("timestamp", pl.when(ts < 0).then(pl.format("timestamp {} is negative", ts))))
+    if timestamp_unit == "s":
+        checks.append(("timestamp", pl.when(ts >= MS_THRESHOLD).then(pl.format(
+            "timestamp {} looks like milliseconds; timestamps must be seconds, or set timestamp_unit='ms'", ts))))
+    else:
+        checks.append(("timestamp", pl.when((ts > 0) & (ts < MS_THRESHOLD)).then(pl.format(
+            "timestamp {} looks like seconds; with timestamp_unit='ms' timestamps must be milliseconds "
+            "(or set timestamp_unit='s')", ts))))
     known = known_ad_ids.cast(pl.Int64).unique()
     checks.append(("ad_id", pl.when(pl.col("ad_id").is_not_null() & ~pl.col("ad_id").is_in(known.implode())).then(
         pl.format("ad_id {} is not in raw_ads (unknown ad, or the ad was rejected: see rejected_ads)", pl.col("ad_id")))))
     clean, rejected = _split(typed, checks, source)
+    return clean.sort("_line").select("_line", *INTERACTION_COLUMNS).cast(INTERACTION_COLUMNS), rejected
+
+
+def validate_interaction_files(
+    files: list[tuple[pl.DataFrame, str]],
+    known_ad_ids: pl.Series,
+    timestamp_order: Literal["reject", "sort"] = "reject",
+    timestamp_unit: Literal["s", "ms"] = "s",
+) -> ValidationResult:
+    """Validate the interaction rows of one or more sources [(rows, source name)], read as one union in order.
+
+    Checks: required fields, types, negative timestamps, timestamps in the wrong unit (>= 1e11 with
+    timestamp_unit="s": milliseconds; positive < 1e11 with "ms": seconds), unknown ad ids, exact
+    duplicates (also across sources), and (with timestamp_order="reject") events that go back in time
+    for their user in file order (files in the given order). Timestamps come out in seconds ("ms" ones
+    divided by 1000, ties kept in file order)."""
+    if timestamp_order not in ("reject", "sort"):
+        raise ValueError(f"timestamp_order must be 'reject' or 'sort', got {timestamp_order!r}")
+    if timestamp_unit not in TIMESTAMP_UNITS:
+        raise ValueError(f"timestamp_unit must be one of {TIMESTAMP_UNITS}, got {timestamp_unit!r}")
+    files = [(_with_line(rows), source) for rows, source in files]
+    checked = [_check_interactions(rows, source, known_ad_ids, timestamp_unit) for rows, source in files]
+    clean = _union([c for c, _ in checked], [s for _, s in files])
     extra = []
-    clean = clean.sort("_line")
-    # Exact duplicates (same user, ad and time): keep the first.
-    first = pl.col("_line").first().over(["user_id", "ad_id", "timestamp"])
-    clean = clean.with_columns(first.alias("__first"))
-    dup = clean.filter(pl.col("_line") != pl.col("__first"))
+    # Exact duplicates (same user, ad and time), also across files: keep the first.
+    event = {"partition_by": ["user_id", "ad_id", "timestamp"], "order_by": "__seq"}
+    clean = clean.with_columns(pl.col("__seq").first().over(**event).alias("__first"),
+                               pl.col("__src").first().over(**event).alias("__fsrc"),
+                               pl.col("_line").first().over(**event).alias("__fline"))
+    dup = clean.filter(pl.col("__seq") != pl.col("__first"))
     extra.append(dup.select(
-        pl.lit(source).alias("source"), pl.col("_line").alias("line"), pl.lit("*").alias("field"),
-        pl.format("duplicate event (user {}, ad {}, timestamp {}; first at line {})", pl.col("user_id"),
-                  pl.col("ad_id"), pl.col("timestamp"), pl.col("__first")).alias("reason"),
+        pl.col("__file"), pl.col("__src").alias("source"), pl.col("_line").alias("line"), pl.lit("*").alias("field"),
+        pl.format("duplicate event (user {}, ad {}, timestamp {}; first {})", pl.col("user_id"),
+                  pl.col("ad_id"), pl.col("timestamp"), _first_at(pl.col("__fsrc"), pl.col("__fline"))).alias("reason"),
         _NO_RAW,
     ))
-    clean = clean.filter(pl.col("_line") == pl.col("__first"))
+    clean = clean.filter(pl.col("__seq") == pl.col("__first"))
     if timestamp_order == "reject":
-        prev_max = pl.col("timestamp").cum_max().shift(1).over("user_id", order_by="_line")
+        prev_max = pl.col("timestamp").cum_max().shift(1).over("user_id", order_by="__seq")
         clean = clean.with_columns(prev_max.alias("__prev"))
-        back = clean.filter(pl.col("__prev").is_not_null() & (pl.col("timestamp") < pl.col("__prev")))
-        extra.append(back.select(
-            pl.lit(source).alias("source"), pl.col("_line").alias("line"), pl.lit("timestamp").alias("field"),
+        going_back = pl.col("__prev").is_not_null() & (pl.col("timestamp") < pl.col("__prev"))
+        extra.append(clean.filter(going_back).select(
+            pl.col("__file"), pl.col("__src").alias("source"), pl.col("_line").alias("line"),
+            pl.lit("timestamp").alias("field"),
             pl.format("timestamp {} is earlier than a previous event ({}) of user {}; sort events by time per user, "
                       "or set timestamp_order='sort'", pl.col("timestamp"), pl.col("__prev"), pl.col("user_id")).alias("reason"),
             _NO_RAW,
         ))
         # A rejected row is below the running max, so it never raises it: later rows are judged
         # against accepted rows only.
-        clean = clean.filter(~(pl.col("__prev").is_not_null() & (pl.col("timestamp") < pl.col("__prev"))))
-    rejected = pl.concat([rejected, *[e.cast(REJECTED_COLUMNS) for e in extra]]).sort("line")
-    clean = clean.sort(["user_id", "timestamp", "_line"]).select(list(INTERACTION_COLUMNS)).cast(INTERACTION_COLUMNS)
-    return ValidationResult(clean=clean, rejected=_with_raw(rejected, rows))
+        clean = clean.filter(~going_back)
+    if timestamp_unit == "ms":
+        clean = clean.with_columns(pl.col("timestamp") // 1000)
+    extra_frame = pl.concat([e.cast({"__file": pl.Int64, **REJECTED_COLUMNS}) for e in extra])
+    rejected = _per_source([r for _, r in checked], extra_frame, files)
+    clean = clean.sort(["user_id", "timestamp", "__seq"]).select(list(INTERACTION_COLUMNS)).cast(INTERACTION_COLUMNS)
+    return ValidationResult(clean=clean, rejected=rejected)
 
 
 def concat_rejected(*frames: pl.DataFrame) -> pl.DataFrame:

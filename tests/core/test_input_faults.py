@@ -1,0 +1,257 @@
+"""Input faults found by an outside probe (issue #31): each one refused or rejected, naming file, line, field and fix.
+
+Nothing is silently dropped or changed: a whole file that cannot be used raises `InputFileError`; a bad row
+goes to rejected_ads / rejected_interactions with (source, line, field, reason, raw).
+"""
+import json
+import os
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from unisid_pipeline.data.ingest import IngestionConfig, ingest
+from unisid_pipeline.data.readers import InputFileError, read_rows
+from unisid_pipeline.data.schema import AD_REQUIRED
+
+CLICKS = "user_id,ad_id,timestamp\n1,1,10\n1,2,20\n"
+
+
+def _files(tmp_path, ads_name, ads, clicks=CLICKS, clicks_name="clicks.csv"):
+    ads_path, clicks_path = tmp_path / ads_name, tmp_path / clicks_name
+    for path, data in ((ads_path, ads), (clicks_path, clicks)):
+        if isinstance(data, pa.Table):
+            pq.write_table(data, path)
+        elif isinstance(data, bytes):
+            path.write_bytes(data)
+        else:
+            path.write_text(data)
+    return ads_path, clicks_path
+
+
+def run(tmp_path, ads_name, ads, clicks=CLICKS, clicks_name="clicks.csv", **cfg):
+    ads_path, clicks_path = _files(tmp_path, ads_name, ads, clicks, clicks_name)
+    res = ingest(IngestionConfig(source="files", ads_path=str(ads_path), interactions_path=str(clicks_path), **cfg))
+    assert res.info["ads_in"] == res.raw_ads.height + res.rejected_ads.height + res.info.get("ads_upserted", 0)
+    assert res.info["interactions_in"] == res.ad_interactions.height + res.rejected_interactions.height
+    return res
+
+
+def rejects(frame: pl.DataFrame) -> list[tuple]:
+    return [(Path(r["source"]).name, r["line"], r["field"], r["reason"]) for r in frame.to_dicts()]
+
+
+# 1. Reserved internal column names ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("column", ["_line", "__first", "__err_title"])
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_reserved_column_names_refuse_the_file(tmp_path, fmt, column):
+    # Bug fixed: a user column `_line` overwrote the line counter and let duplicate ad_ids into raw_ads.
+    rows = [{"ad_id": 1, "title": "a", column: 5}, {"ad_id": 1, "title": "b", column: 6}]
+    path = tmp_path / f"ads.{fmt}"
+    if fmt == "csv":
+        path.write_text(f"ad_id,title,{column}\n1,a,5\n1,b,6\n")
+    elif fmt == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    with pytest.raises(InputFileError) as err:
+        read_rows(path, AD_REQUIRED)
+    msg = str(err.value)
+    assert str(path) in msg and repr(column) in msg and "reserved" in msg and "rename" in msg
+    if fmt != "parquet":
+        assert err.value.line == 1
+
+
+# 2a. Repeated JSON keys ----------------------------------------------------------------------------------------
+
+def test_json_object_with_a_repeated_key_is_rejected(tmp_path):
+    res = run(tmp_path, "ads.jsonl", '{"ad_id":1,"title":"a","title":"b"}\n{"ad_id":2,"title":"ok"}\n'
+              '{"ad_id":3,"title":"n","image_features":{"x":1,"x":2}}\n')
+    assert res.raw_ads["ad_id"].to_list() == [2]
+    got = rejects(res.rejected_ads)
+    assert got[0][:3] == ("ads.jsonl", 1, "title") and "duplicate key 'title'" in got[0][3]
+    assert got[1][:3] == ("ads.jsonl", 3, "image_features") and "duplicate key 'x'" in got[1][3]
+    assert res.rejected_ads["raw"][0] == '{"ad_id":1,"title":"a","title":"b"}'  # the line as written
+
+
+# 2b. Non-text values in text fields ----------------------------------------------------------------------------
+
+def test_jsonl_struct_list_bool_number_in_text_fields_are_rejected(tmp_path):
+    lines = [{"ad_id": 1, "title": {"en": "x"}}, {"ad_id": 2, "title": "ok", "brand": ["a"]},
+             {"ad_id": 3, "title": "ok", "advertiser": True}, {"ad_id": 4, "title": 12},
+             {"ad_id": 5, "title": "fine", "category_path": ["A", "B"], "image_features": [1, 2.5], "price": 3},
+             {"ad_id": "6", "title": "string id", "landing_type": None}]
+    res = run(tmp_path, "ads.jsonl", "".join(json.dumps(x) + "\n" for x in lines))
+    assert res.raw_ads["ad_id"].to_list() == [5, 6]
+    assert res.raw_ads["category_path"][0] == "A > B"
+    got = rejects(res.rejected_ads)
+    assert [g[1:3] for g in got] == [(1, "title"), (2, "brand"), (3, "advertiser"), (4, "title")]
+    assert "a JSON object" in got[0][3] and "expected a string" in got[0][3]
+    assert "a JSON array" in got[1][3] and "a JSON boolean" in got[2][3] and "a JSON number" in got[3][3]
+
+
+def test_parquet_struct_list_bool_number_in_text_fields_are_rejected(tmp_path):
+    table = pa.table({
+        "ad_id": [1, 2],
+        "title": ["a", "b"],
+        "description": pa.array([{"x": 1}, None], pa.struct([("x", pa.int64())])),
+        "brand": pa.array([None, ["p", "q"]], pa.list_(pa.string())),
+        "industry": [True, None],
+        "landing_type": [None, 7],
+    })
+    res = run(tmp_path, "ads.parquet", table)
+    assert res.raw_ads.height == 0
+    got = rejects(res.rejected_ads)
+    assert [g[1:3] for g in got] == [(1, "description"), (2, "brand")]
+    assert "description has type Struct" in got[0][3] and "industry has type Boolean" in got[0][3]
+    assert "brand has type List" in got[1][3] and "landing_type has type Int64" in got[1][3]
+    assert "expected text" in got[0][3]
+
+
+# 2c. Lone surrogates and invalid UTF-8 -------------------------------------------------------------------------
+
+def test_jsonl_lone_surrogate_escape_rejects_its_line(tmp_path):
+    res = run(tmp_path, "ads.jsonl", '{"ad_id":1,"title":"ok"}\n{"ad_id":2,"title":"bad \\ud800 x"}\n'
+              '{"ad_id":3,"title":"ok","category_path":["A","\\udfff"]}\n')
+    assert res.raw_ads["ad_id"].to_list() == [1]
+    got = rejects(res.rejected_ads)
+    assert [g[:3] for g in got] == [("ads.jsonl", 2, "title"), ("ads.jsonl", 3, "category_path")]
+    assert "lone surrogate" in got[0][3] and "\\ud800" in got[0][3]
+
+
+def _invalid_utf8_table(as_string: bool) -> pa.Table:
+    raw = pa.array([b"ok", b"fine", b"caf\xe9", b"x"], pa.binary())
+    return pa.table({"ad_id": [1, 2, 3, 4], "title": raw.view(pa.string()) if as_string else raw})
+
+
+@pytest.mark.parametrize("as_string", [True, False])
+def test_parquet_invalid_utf8_names_file_column_and_row(tmp_path, as_string):
+    path = tmp_path / "ads.parquet"
+    pq.write_table(_invalid_utf8_table(as_string), path)
+    with pytest.raises(InputFileError) as err:
+        read_rows(path, AD_REQUIRED)
+    assert err.value.line == 3
+    msg = str(err.value)
+    assert str(path) in msg and "'title'" in msg and "invalid UTF-8" in msg and "UTF-8" in err.value.fix
+
+
+def test_parquet_binary_text_that_is_valid_utf8_is_read_as_text(tmp_path):
+    path = tmp_path / "ads.parquet"
+    pq.write_table(pa.table({"ad_id": [1], "title": pa.array(["Crème".encode()], pa.binary())}), path)
+    assert read_rows(path, AD_REQUIRED).rows["title"].to_list() == ["Crème"]
+
+
+# 2d. Datetime timestamps ---------------------------------------------------------------------------------------
+
+def _datetime_clicks(kind: str) -> pa.Table:
+    import datetime as dt
+
+    if kind == "date":
+        ts = pa.array([dt.date(2024, 1, 1), dt.date(2024, 1, 2)], pa.date32())
+    else:
+        ts = pa.array([dt.datetime(2024, 1, 1), dt.datetime(2024, 1, 1, 0, 0, 5)], pa.timestamp("us"))
+    return pa.table({"user_id": [1, 1], "ad_id": [1, 2], "timestamp": ts})
+
+
+@pytest.mark.parametrize("kind", ["datetime", "date"])
+def test_parquet_datetime_timestamps_refused_unless_converted(tmp_path, kind):
+    ads = "ad_id,title\n1,a\n2,b\n"
+    # Bug fixed: a Datetime column was cast to microseconds where the schema says seconds.
+    with pytest.raises(InputFileError) as err:
+        run(tmp_path, "ads.csv", ads, _datetime_clicks(kind), "clicks.parquet")
+    msg = str(err.value)
+    assert "clicks.parquet" in msg and "'timestamp'" in msg and "datetime_timestamps='epoch_seconds'" in msg
+    res = run(tmp_path, "ads.csv", ads, _datetime_clicks(kind), "clicks.parquet", datetime_timestamps="epoch_seconds")
+    expected = [1704067200, 1704067205] if kind == "datetime" else [1704067200, 1704153600]
+    assert res.ad_interactions["timestamp"].to_list() == expected
+
+
+# 2e. Timestamp unit ---------------------------------------------------------------------------------------------
+
+ADS3 = "ad_id,title\n1,a\n2,b\n3,c\n"
+
+
+def test_milliseconds_among_seconds_are_rejected(tmp_path):
+    # Bug fixed: 1700000000 (s) and 1700000001000 (ms) of one user were both accepted, in the wrong order.
+    clicks = "user_id,ad_id,timestamp\n1,1,1700000000\n1,2,1700000001000\n1,3,1700000002\n2,1,3\n2,2,99999999\n"
+    res = run(tmp_path, "ads.csv", ADS3, clicks)
+    assert res.ad_interactions.rows() == [(1, 1, 1700000000), (1, 3, 1700000002), (2, 1, 3), (2, 2, 99999999)]
+    assert rejects(res.rejected_interactions) == [("clicks.csv", 3, "timestamp", (
+        "timestamp 1700000001000 looks like milliseconds; timestamps must be seconds, or set timestamp_unit='ms'"))]
+
+
+def test_timestamp_unit_ms_converts_and_rejects_seconds(tmp_path):
+    clicks = "user_id,ad_id,timestamp\n1,1,1700000000500\n1,2,1700000000900\n1,3,1700000002\n2,1,0\n"
+    res = run(tmp_path, "ads.csv", ADS3, clicks, timestamp_unit="ms")
+    # 500 ms and 900 ms fall in the same second: the tie keeps file order
+    assert res.ad_interactions.rows() == [(1, 1, 1700000000), (1, 2, 1700000000), (2, 1, 0)]
+    got = rejects(res.rejected_interactions)
+    assert got[0][1:3] == (4, "timestamp") and "looks like seconds" in got[0][3]
+    with pytest.raises(ValueError, match="timestamp_unit"):
+        IngestionConfig(timestamp_unit="us")
+
+
+# 2f. Unknown columns ------------------------------------------------------------------------------------------
+
+def test_unknown_columns_are_reported_with_a_suggestion(tmp_path):
+    res = run(tmp_path, "ads.csv", "ad_id,title,descripton,Price,colour\n1,a,b,3,red\n")
+    assert res.raw_ads.height == 1  # the run goes on
+    unknown = res.info["unknown_columns"]
+    assert unknown == {str(tmp_path / "ads.csv"): {"descripton": "description", "Price": "price", "colour": None}}
+
+
+# 3. A .json file holding one array ------------------------------------------------------------------------------
+
+def test_json_array_file_is_read_as_records(tmp_path):
+    # Bug fixed: the whole array was one rejected "line" and raw_ads came out empty.
+    data = json.dumps([{"ad_id": 1, "title": "a"}, {"ad_id": 2, "title": "b"}, [1, 2], {"ad_id": 3, "title": 5}],
+                      indent=2)
+    res = run(tmp_path, "ads.json", "  \n" + data)
+    assert res.raw_ads["ad_id"].to_list() == [1, 2]
+    got = rejects(res.rejected_ads)
+    assert [g[:3] for g in got] == [("ads.json", 3, "*"), ("ads.json", 4, "title")]
+    assert "array element 3" in got[0][3] and "expected a JSON object, got list" in got[0][3]
+    assert "array element 4" in got[1][3]
+
+
+def test_json_array_that_is_not_valid_json_fails_the_file(tmp_path):
+    path = tmp_path / "ads.json"
+    path.write_text('[{"ad_id": 1, "title": "a"},\n {"ad_id": 2\n')
+    with pytest.raises(InputFileError) as err:
+        read_rows(path, AD_REQUIRED)
+    assert err.value.line == 3 and "JSON array" in str(err.value)
+
+
+# 4. Resource limits ---------------------------------------------------------------------------------------------
+
+def test_parquet_expanding_past_the_row_limit_is_refused_before_reading(tmp_path):
+    # Bug fixed: a few-KB Parquet file expanding to 30M rows aborted the process (out of memory).
+    path = tmp_path / "ads.parquet"
+    group = pa.table({"ad_id": pa.array([1] * 1_000_000, pa.int64()), "title": pa.array(["x"] * 1_000_000)})
+    with pq.ParquetWriter(path, group.schema, compression="zstd") as writer:
+        for _ in range(30):
+            writer.write_table(group)
+    assert path.stat().st_size < 2_000_000
+    with pytest.raises(InputFileError) as err:
+        read_rows(path, AD_REQUIRED)
+    msg = str(err.value)
+    assert "30,000,000 rows" in msg and "max_input_rows" in msg and "20,000,000" in msg
+
+
+def test_input_byte_limit_counts_parquet_uncompressed_size_and_text_file_size(tmp_path):
+    pq_path = tmp_path / "ads.parquet"
+    pq.write_table(pa.table({"ad_id": list(range(1000)), "title": ["same title"] * 1000}), pq_path)
+    with pytest.raises(InputFileError, match="max_input_bytes"):
+        run(tmp_path, "ads.parquet", pq.read_table(pq_path), max_input_bytes=1000)
+    with pytest.raises(InputFileError, match="uncompressed") as err:
+        run(tmp_path, "ads.parquet", pq.read_table(pq_path), max_input_bytes=1000)
+    assert "raise max_input_bytes" in err.value.fix
+    with pytest.raises(InputFileError, match="max_input_bytes"):
+        run(tmp_path, "ads.csv", "ad_id,title\n" + "".join(f"{i},t\n" for i in range(100)), max_input_bytes=100)
+    with pytest.raises(InputFileError, match="max_input_rows"):
+        run(tmp_path, "ads.csv", "ad_id,title\n" + "".join(f"{i},t\n" for i in range(100)), max_input_rows=50)
+    res = run(tmp_path, "ads.csv", "ad_id,title\n" + "".join(f"{i},t\n" for i in range(1, 3)), max_input_rows=50)
+    assert res.raw_ads.height == 2
