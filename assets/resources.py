@@ -40,7 +40,9 @@ def optional_input(key: str) -> AssetIn:
 
 
 class WarehouseIOManager(ConfigurableIOManager):
-    """polars DataFrames -> DuckDB tables (atomic replace); anything else -> atomic pickle files."""
+    """polars DataFrames -> DuckDB tables (atomic replace); anything else -> atomic no-pickle object files
+    (<home>/objects/<asset>.safetensors: `warehouse.write_object`). A table is only ever loaded from DuckDB; a
+    legacy or planted pickle under objects/ is refused, never unpickled."""
 
     home: str = ""
     lock_timeout_s: float = warehouse.DEFAULT_LOCK_TIMEOUT_S  # wait this long for another process's lock, then fail
@@ -49,7 +51,10 @@ class WarehouseIOManager(ConfigurableIOManager):
         return paths.warehouse_path(paths.project_home(self.home or None))
 
     def _obj(self, key: list[str]) -> Path:
-        return paths.project_home(self.home or None) / "objects" / f"{warehouse.table_name(key)}.pkl"
+        return paths.project_home(self.home or None) / "objects" / f"{warehouse.table_name(key)}{OBJECT_SUFFIX}"
+
+    def _legacy(self, key: list[str]) -> Path:
+        return self._obj(key).with_suffix(".pkl")
 
     def handle_output(self, context: OutputContext, obj: Any) -> None:
         if obj is None:
@@ -58,39 +63,47 @@ class WarehouseIOManager(ConfigurableIOManager):
         name = warehouse.table_name(key)
         if isinstance(obj, pl.DataFrame):
             warehouse.write_table(self._db(), name, obj, lock_timeout_s=self.lock_timeout_s)
-            self._obj(key).unlink(missing_ok=True)
+            self._obj(key).unlink(missing_ok=True)  # a stale object of the same name is never read for a table
             context.add_output_metadata({"duckdb_table": f"{self._db()}::{name}"})
         else:
             warehouse.write_object(self._obj(key), obj)
             context.add_output_metadata({"object_path": str(self._obj(key))})
+        self._legacy(key).unlink(missing_ok=True)  # a pickle of an older version: never read, removed when replaced
 
     def load_input(self, context: InputContext) -> Any:
         key = list(context.asset_key.path)
         name = warehouse.table_name(key)
+        if warehouse.has_table(self._db(), name, lock_timeout_s=self.lock_timeout_s):
+            return warehouse.read_table(self._db(), name, lock_timeout_s=self.lock_timeout_s)
         obj_path = self._obj(key)
         if obj_path.exists():
             return warehouse.read_object(obj_path)
-        try:
-            return warehouse.read_table(self._db(), name, lock_timeout_s=self.lock_timeout_s)
-        except KeyError:
-            if (context.definition_metadata or {}).get(OPTIONAL_INPUT):
-                context.log.info(f"{'/'.join(key)} has not been materialized: left out")
-                return None
-            raise FileNotFoundError(
-                f"asset {'/'.join(key)} has not been materialized in {self._db().parent}; "
-                f"run `dagster asset materialize --select {'/'.join(key)}` (or its upstream) first"
-            ) from None
+        if self._legacy(key).exists():
+            raise warehouse.UnsafeObjectError(
+                f"asset {'/'.join(key)} is stored as a pickle ({self._legacy(key)}), written by an older version; "
+                "pickles are never loaded (unpickling runs any code in the file). Re-materialize that asset: "
+                f"`dagster asset materialize --select {'/'.join(key)}` (then the .pkl file is removed)")
+        if (context.definition_metadata or {}).get(OPTIONAL_INPUT):
+            context.log.info(f"{'/'.join(key)} has not been materialized: left out")
+            return None
+        raise FileNotFoundError(
+            f"asset {'/'.join(key)} has not been materialized in {self._db().parent}; "
+            f"run `dagster asset materialize --select {'/'.join(key)}` (or its upstream) first")
+
+
+OBJECT_SUFFIX = ".safetensors"  # objects and step outputs: safetensors + JSON (warehouse.write_object), no pickle
 
 
 class StepIOManager(ConfigurableIOManager):
-    """Outputs of the ops inside a graph-backed asset (e.g. one recommender seed): atomic pickles under
-    <home>/steps/<run id>/, readable by later steps in other processes and by a retried or re-executed run."""
+    """Outputs of the ops inside a graph-backed asset (e.g. one recommender seed): atomic no-pickle object files
+    under <home>/steps/<run id>/ (`warehouse.write_object`), readable by later steps in other processes and by a
+    retried or re-executed run."""
 
     home: str = ""
 
     def _path(self, run_id: str, step_key: str, output: str, mapping_key: str | None) -> Path:
         name = f"{step_key}.{output}" + (f"[{mapping_key}]" if mapping_key and mapping_key not in step_key else "")
-        return paths.project_home(self.home or None) / "steps" / run_id / f"{name}.pkl"
+        return paths.project_home(self.home or None) / "steps" / run_id / f"{name}{OBJECT_SUFFIX}"
 
     def handle_output(self, context: OutputContext, obj: Any) -> None:
         path = self._path(context.run_id, context.step_key, context.name, context.mapping_key)

@@ -1,13 +1,13 @@
 """The DuckDB warehouse: one embedded file under the project home; atomic table writes.
 
-Also an object store for non-table values (trained tokenizers), written atomically as pickles.
+Also an object store for non-table values (trained tokenizers, recommender results), written atomically without
+pickle (`checkpoint.dumps_object`: safetensors + JSON, a type tag checked on load; a pickle is refused unread).
 Used by the Dagster IO manager and directly by notebooks, benchmarks and tests.
 """
 from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 import re
 import time
 from collections.abc import Iterator
@@ -33,6 +33,14 @@ class WarehouseLockedError(RuntimeError):
 
 
 DEFAULT_LOCK_TIMEOUT_S = 20.0
+
+
+def __getattr__(name: str):
+    if name == "UnsafeObjectError":  # lives with the object codec; imported lazily (torch) like read_object does
+        from unisid_pipeline.checkpoint import UnsafeObjectError
+
+        return UnsafeObjectError
+    raise AttributeError(name)
 
 
 def table_name(parts: list[str] | tuple[str, ...]) -> str:
@@ -158,9 +166,14 @@ def list_tables(path: Path) -> list[str]:
 
 
 def write_object(path: Path, obj: object) -> None:
-    atomic_write_bytes(path, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+    """Store `obj` at `path` atomically, without pickle (TypeError naming what cannot be stored that way)."""
+    from unisid_pipeline.checkpoint import dumps_object
+
+    atomic_write_bytes(path, dumps_object(obj))
 
 
 def read_object(path: Path) -> object:
-    with open(path, "rb") as fh:
-        return pickle.load(fh)
+    """The object `write_object` stored; any other file (a pickle above all) raises UnsafeObjectError, unloaded."""
+    from unisid_pipeline.checkpoint import loads_object
+
+    return loads_object(Path(path).read_bytes(), where=f"object file {path}")

@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from unisid_pipeline.checkpoint import atomic_save, rng_state, set_rng_state
+from unisid_pipeline.checkpoint import atomic_save, load_training_checkpoint, rng_state, set_rng_state
 from unisid_pipeline.recommender.batching import epoch_batches, padded_length
 from unisid_pipeline.recommender.ema import ParameterEMA
 from unisid_pipeline.recommender.evaluate import check_sequences, rank_histories
@@ -256,7 +256,7 @@ def _train_recommender(
         for tmp in remove_dead_temps(ckpt):
             logger.info("removed %s, a half-written checkpoint of a killed run", tmp)
         if ckpt.exists():
-            st = torch.load(ckpt, map_location="cpu", weights_only=False)
+            st = load_training_checkpoint(ckpt, "recommender checkpoint")
             if st.get("format") != TRAIN_CHECKPOINT_FORMAT or st.get("fingerprint") != fingerprint:
                 raise ValueError(f"{ckpt} is not a checkpoint of this recommender run: delete it and re-run")
             model.t5.load_state_dict(st["model"])

@@ -29,7 +29,7 @@ import polars as pl
 import torch
 from torch import nn
 
-from unisid_pipeline.checkpoint import atomic_save, rng_state, set_rng_state
+from unisid_pipeline.checkpoint import atomic_save, load_training_checkpoint, rng_state, set_rng_state
 from unisid_pipeline.distributed import DistContext
 from unisid_pipeline.seeding import cpu_bf16_allowed, resolve_device, seed_everything
 from unisid_pipeline.unisid.config import UniSIDTrainConfig, resolve_rec_decoder
@@ -253,7 +253,7 @@ def train_unisid(
         for tmp in remove_dead_temps(ckpt_path):
             logger.info("removed %s, a half-written checkpoint of a killed run", tmp)
         if ckpt_path.exists():
-            ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            ck = load_training_checkpoint(ckpt_path, "UniSID training checkpoint")
             if ck.get("format") != TRAIN_CHECKPOINT_FORMAT:
                 raise ValueError(f"{ckpt_path} is not a UniSID training checkpoint: delete it or use another checkpoint_dir")
             mismatch = [k for k, v in (("train_config", config.to_dict()), ("seed", seed), ("fingerprint", fingerprint),

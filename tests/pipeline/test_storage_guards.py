@@ -1,0 +1,115 @@
+"""Storage guards of the warehouse IO managers (issue #31), through Dagster: nothing in the project home is
+unpickled, a materialization may not silently shrink or empty a table, re-ingesting records what changed."""
+from __future__ import annotations
+
+import os
+import pickle
+import shlex
+
+import polars as pl
+import pytest
+import torch
+from dagster import AssetKey, DagsterInstance, build_input_context, build_output_context, materialize
+
+from assets.ingestion import ingested_tables, user_sequences
+from assets.resources import MlflowTracking, StepIOManager, WarehouseIOManager
+from unisid_pipeline import paths, warehouse
+from unisid_pipeline.artifacts import TrainedTokenizer
+
+SMALL = {"synthetic": {"n_ads": 40, "n_users": 20, "n_advertisers": 5}}
+
+
+class Planted:
+    """A 'malicious' pickle: unpickling it runs a shell command (here: creates a harmless marker file)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
+
+
+def plant(path, marker) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps(Planted(marker)))
+
+
+def resources(home, **io):
+    return {"io_manager": WarehouseIOManager(home=str(home), **io), "mlflow": MlflowTracking(home=str(home))}
+
+
+def failure_text(result) -> str:
+    texts = []
+    for event in result.all_events:
+        error = getattr(event.event_specific_data, "error", None)
+        if error is not None:
+            texts.append(error.to_string())
+    return "\n".join(texts)
+
+
+# ------------------------------------------------------------------------------------ no pickle (item 3)
+def test_a_planted_pickle_at_a_tables_object_path_is_never_loaded(home, tmp_path):
+    assets = [ingested_tables, user_sequences]
+    cfg = {"ops": {"ingested_tables": {"config": SMALL}}}
+    first = materialize(assets, resources=resources(home), run_config=cfg, instance=DagsterInstance.ephemeral())
+    assert first.success
+    db = paths.warehouse_path(home)
+    expected = warehouse.read_table(db, "user_sequences")
+    marker = tmp_path / "pwned"
+    for suffix in (".pkl", ".safetensors"):  # the old object path and the new one
+        plant(home / "objects" / f"ad_interactions{suffix}", marker)
+    again = materialize(assets, selection=["user_sequences"], resources=resources(home),
+                        instance=DagsterInstance.ephemeral(), raise_on_error=False)
+    assert not marker.exists(), "a planted pickle ran while loading a table"
+    assert again.success, failure_text(again)
+    assert warehouse.read_table(db, "user_sequences").equals(expected)  # built from the DuckDB table
+
+
+def _trained_tokenizer() -> TrainedTokenizer:
+    from unisid_pipeline.models.rq import RQKMeansConfig, fit_rq_kmeans
+
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0)).numpy()
+    model, history = fit_rq_kmeans(RQKMeansConfig(n_levels=2, codebook_size=4, n_iter=5, init_sample_size=0), x,
+                                   seed=0, device="cpu")
+    return TrainedTokenizer(method="rq_kmeans", model=model.eval(), fingerprint="abc", history=history,
+                            info={"outputs": {"codes": model.encode(x)}})
+
+
+def test_a_planted_pickle_at_a_model_objects_path_is_never_loaded(home, tmp_path):
+    io = WarehouseIOManager(home=str(home))
+    key = AssetKey("rq_kmeans_model")
+    trained = _trained_tokenizer()
+    io.handle_output(build_output_context(asset_key=key), trained)
+    marker = tmp_path / "pwned"
+    plant(home / "objects" / "rq_kmeans_model.pkl", marker)  # a legacy / planted pickle beside the stored object
+    loaded = io.load_input(build_input_context(asset_key=key))
+    assert not marker.exists(), "a planted pickle ran while loading a model"
+    assert isinstance(loaded, TrainedTokenizer)
+    assert (loaded.info["outputs"]["codes"] == trained.info["outputs"]["codes"]).all()
+    # with only a pickle there, loading refuses it (unread) and says what to do
+    for p in (home / "objects").iterdir():
+        if p.suffix != ".pkl":
+            p.unlink()
+    with pytest.raises(warehouse.UnsafeObjectError, match="never loaded.*Re-materialize"):
+        io.load_input(build_input_context(asset_key=key))
+    assert not marker.exists()
+    # re-materializing stores it again without pickle and removes the old .pkl
+    io.handle_output(build_output_context(asset_key=key), trained)
+    assert sorted(p.name for p in (home / "objects").iterdir()) == ["rq_kmeans_model.safetensors"]
+
+
+def test_step_outputs_are_stored_without_pickle_and_a_planted_one_is_refused(home, tmp_path):
+    io = StepIOManager(home=str(home))
+    out = build_output_context(step_key="recommender_x_seed[seed1]", name="result", run_id="r1")
+    value = {"row": {"seed": 1, "recall@10": 0.5}, "checkpoint": {"w": torch.ones(2)}, "train_loss": [1.0, 0.5]}
+    io.handle_output(out, value)
+    [path] = (home / "steps" / "r1").iterdir()
+    assert not path.read_bytes().startswith(b"\x80")  # not a pickle
+    inp = build_input_context(upstream_output=out)
+    back = io.load_input(inp)
+    assert back["row"] == value["row"] and torch.equal(back["checkpoint"]["w"], value["checkpoint"]["w"])
+    marker = tmp_path / "pwned"
+    plant(path, marker)
+    with pytest.raises(warehouse.UnsafeObjectError):
+        io.load_input(inp)
+    assert not marker.exists()
