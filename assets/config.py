@@ -55,8 +55,14 @@ class Ingestion(Config):
     source: Literal["synthetic", "files", "amazon_beauty"] = Field(
         _I.source, description="synthetic (default), files (ads_path + interactions_path) or amazon_beauty (beauty_dir)")
     synthetic: SyntheticWorld = Field(default_factory=SyntheticWorld, description="synthetic world settings")
-    ads_path: str = Field(_I.ads_path, description="source=files: ads file (.csv/.tsv/.jsonl/.parquet)")
-    interactions_path: str = Field(_I.interactions_path, description="source=files: interactions file")
+    # Any: a path or a list of paths (Dagster config has no str-or-list type); IngestionConfig checks the value.
+    ads_path: Any = Field(_I.ads_path, description="source=files: ads file (.csv/.tsv/.jsonl/.json/.parquet), or a list "
+                          "of files read as one union (see on_duplicate_ad)")
+    interactions_path: Any = Field(_I.interactions_path, description="source=files: interactions file, or a list of "
+                                   "files read as one union in the given order")
+    on_duplicate_ad: Literal["reject", "last_wins"] = Field(
+        _I.on_duplicate_ad, description="an ad_id repeated across ads files: reject the repeat (the first is kept) or "
+        "last_wins (a later file's row replaces the earlier one)")
     category_sep: str = Field(_I.category_sep, description="source=files: separator between the levels of a string "
                               "category_path (a list column or JSON array needs none)")
     beauty_dir: str = Field(_I.beauty_dir, description="source=amazon_beauty: the dataset folder")

@@ -255,3 +255,54 @@ def test_input_byte_limit_counts_parquet_uncompressed_size_and_text_file_size(tm
         run(tmp_path, "ads.csv", "ad_id,title\n" + "".join(f"{i},t\n" for i in range(100)), max_input_rows=50)
     res = run(tmp_path, "ads.csv", "ad_id,title\n" + "".join(f"{i},t\n" for i in range(1, 3)), max_input_rows=50)
     assert res.raw_ads.height == 2
+
+
+# 5. Several files ------------------------------------------------------------------------------------------------
+
+def _multi(tmp_path, ads: dict[str, str], clicks: dict[str, str], **cfg):
+    for name, text in {**ads, **clicks}.items():
+        (tmp_path / name).write_text(text)
+    res = ingest(IngestionConfig(source="files", ads_path=[str(tmp_path / n) for n in ads],
+                                 interactions_path=[str(tmp_path / n) for n in clicks], **cfg))
+    assert res.info["ads_in"] == res.raw_ads.height + res.rejected_ads.height + res.info["ads_upserted"]
+    assert res.info["interactions_in"] == res.ad_interactions.height + res.rejected_interactions.height
+    return res
+
+
+DELTAS = {"ads_1.csv": "ad_id,title\n1,one\n2,two\n", "ads_2.jsonl": '{"ad_id": 2, "title": "two v2"}\n{"ad_id": 3, '
+          '"title": "three"}\n{"ad_id": 3, "title": "three again"}\n'}
+
+
+def test_several_ads_files_are_one_union_repeats_rejected_naming_both_files(tmp_path):
+    # Bug fixed: raw_ads held only the last file.
+    res = _multi(tmp_path, DELTAS, {"clicks.csv": CLICKS})
+    assert res.raw_ads.select("ad_id", "title").rows() == [(1, "one"), (2, "two"), (3, "three")]
+    got = rejects(res.rejected_ads)
+    assert [g[:3] for g in got] == [("ads_2.jsonl", 1, "ad_id"), ("ads_2.jsonl", 3, "ad_id")]
+    assert f"duplicate ad_id 2 (first in {tmp_path / 'ads_1.csv'} line 3)" in got[0][3] and "last_wins" in got[0][3]
+    assert "duplicate ad_id 3 (first at line 2)" in got[1][3]
+    assert res.rejected_ads["raw"][0] == '{"ad_id":"2","title":"two v2"}'
+    assert res.info["ads_upserted"] == 0
+
+
+def test_last_wins_lets_a_later_file_replace_earlier_rows(tmp_path):
+    res = _multi(tmp_path, DELTAS, {"clicks.csv": CLICKS}, on_duplicate_ad="last_wins")
+    assert res.raw_ads.select("ad_id", "title").rows() == [(1, "one"), (2, "two v2"), (3, "three")]
+    assert res.info["ads_upserted"] == 1
+    assert [g[:3] for g in rejects(res.rejected_ads)] == [("ads_2.jsonl", 3, "ad_id")]  # within a file: as before
+    with pytest.raises(ValueError, match="on_duplicate_ad"):
+        IngestionConfig(on_duplicate_ad="first")
+
+
+def test_interactions_of_several_files_are_unioned_and_a_single_path_still_works(tmp_path):
+    clicks = {"clicks_1.csv": "user_id,ad_id,timestamp\n1,1,10\n2,1,5\n",
+              "clicks_2.csv": "user_id,ad_id,timestamp\n1,2,20\n2,1,5\n1,1,15\n"}
+    res = _multi(tmp_path, {"ads.csv": "ad_id,title\n1,a\n2,b\n"}, clicks)
+    assert res.ad_interactions.rows() == [(1, 1, 10), (1, 2, 20), (2, 1, 5)]
+    got = rejects(res.rejected_interactions)
+    assert [g[:3] for g in got] == [("clicks_2.csv", 3, "*"), ("clicks_2.csv", 4, "timestamp")]
+    assert f"first in {tmp_path / 'clicks_1.csv'} line 3" in got[0][3]
+    single = IngestionConfig(source="files", ads_path=str(tmp_path / "ads.csv"), interactions_path=str(tmp_path / "clicks_1.csv"))
+    assert ingest(single).ad_interactions.height == 2
+    with pytest.raises(ValueError, match="twice"):
+        IngestionConfig(source="files", ads_path=["a.csv", "a.csv"], interactions_path="c.csv")

@@ -6,10 +6,12 @@ Layout: ad files are named `ads*` (`ads_2026-11-25.csv`, `ads.parquet`, ...), in
 ignored, so a writer that copies in and renames is never read half-written.
 
 The "cursor" is a JSON object {file name: mtime_ns} of the ad files already handled: a file is new
-when its name is not there or its mtime changed (it was replaced).
+when its name is not there or its mtime changed (it was replaced). When any ad file is new, every
+ad and interactions file of the folder is ingested (oldest first, later ad rows replacing earlier ones).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -39,11 +41,15 @@ def _files(folder: Path, prefix: str) -> dict[str, int]:
 class Drop:
     """What a look at the folder found."""
 
-    ads_path: Path | None  # the newest new (or replaced) ad file; None when nothing is new
-    interactions_path: Path | None  # the newest interactions file in the folder, None when there is none
-    superseded: tuple[str, ...]  # other new ad files, older than ads_path (handled, not ingested)
-    cursor: str  # the cursor after handling ads_path (and the superseded files)
-    run_key: str = ""  # "<ad file name>@<mtime_ns>": one run per version of a file
+    ads_paths: tuple[Path, ...]  # every ad file in the folder, oldest first (mtime); empty when nothing is new
+    interactions_paths: tuple[Path, ...]  # every interactions file in the folder, oldest first
+    new: tuple[str, ...]  # the new (or replaced) ad files among ads_paths
+    cursor: str  # the cursor after handling this state of the folder
+    run_key: str = ""  # "ads@<hash of the ad files and their mtimes>": one run per state of the folder
+
+
+def _oldest_first(folder: Path, files: dict[str, int]) -> tuple[Path, ...]:
+    return tuple(folder / name for _, name in sorted((mtime, name) for name, mtime in files.items()))
 
 
 def decode_cursor(cursor: str | None) -> dict[str, int]:
@@ -60,21 +66,20 @@ def encode_cursor(seen: dict[str, int]) -> str:
 
 
 def look(folder: str | os.PathLike, cursor: str | None) -> Drop:
-    """Compare the folder with the cursor: the newest new ad file, the interactions file to pair it with.
+    """Compare the folder with the cursor: when an ad file is new or replaced, ALL ad files and ALL
+    interactions files of the folder, oldest first.
 
-    Several new ad files at once: only the newest is ingested (each run replaces `raw_ads`, so
-    ingesting the older ones too would only race); the others are marked handled and listed in
-    `superseded`. The cursor keeps only files still present, so it cannot grow without bound.
+    The ad files are read as one union in that order, a later file's row replacing an earlier row of the
+    same ad_id (the runs use on_duplicate_ad="last_wins"), so older delta files are never lost. The
+    cursor keeps only files still present, so it cannot grow without bound.
     """
     folder = Path(folder)
     seen = decode_cursor(cursor)
     ads = _files(folder, AD_PREFIX)
-    interactions = _files(folder, INTERACTIONS_PREFIX)
-    new = sorted((mtime, name) for name, mtime in ads.items() if seen.get(name) != mtime)
-    newest_interactions = max(interactions, key=lambda n: (interactions[n], n)) if interactions else None
-    inter_path = folder / newest_interactions if newest_interactions else None
+    interactions = _oldest_first(folder, _files(folder, INTERACTIONS_PREFIX))
+    new = tuple(name for _, name in sorted((mtime, name) for name, mtime in ads.items() if seen.get(name) != mtime))
     if not new:
-        return Drop(None, inter_path, (), encode_cursor({n: m for n, m in seen.items() if n in ads}))
-    mtime, newest = new[-1]
-    return Drop(folder / newest, inter_path, tuple(name for _, name in new[:-1]), encode_cursor(ads),
-                run_key=f"{newest}@{mtime}")
+        return Drop((), interactions, (), encode_cursor({n: m for n, m in seen.items() if n in ads}))
+    state = encode_cursor(ads)
+    return Drop(_oldest_first(folder, ads), interactions, new, state,
+                run_key=f"ads@{hashlib.sha256(state.encode()).hexdigest()[:16]}")

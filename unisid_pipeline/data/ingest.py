@@ -38,8 +38,12 @@ class IngestionConfig:
 
     source: Source = "synthetic"
     synthetic: SyntheticWorldConfig = field(default_factory=SyntheticWorldConfig)
-    ads_path: str = ""  # source="files": a .csv/.tsv/.jsonl/.parquet file with the raw_ads schema
-    interactions_path: str = ""  # source="files": a file with the ad_interactions schema
+    ads_path: str | tuple[str, ...] = ""
+    """source="files": a .csv/.tsv/.jsonl/.json/.parquet file with the raw_ads schema, or a list of such files read as one union (see on_duplicate_ad)"""
+    interactions_path: str | tuple[str, ...] = ""
+    """source="files": a file with the ad_interactions schema, or a list of files read as one union in the given order"""
+    on_duplicate_ad: Literal["reject", "last_wins"] = "reject"
+    """an ad_id repeated across the ads files: "reject" the repeat (the first is kept) or "last_wins" (a later file's row replaces the earlier one)"""
     category_sep: str = CATEGORY_SEP  # source="files": separator of string category paths (lists need none)
     beauty_dir: str = ""  # source="amazon_beauty": folder with sequential_data.txt etc.
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
@@ -54,6 +58,18 @@ class IngestionConfig:
     """an input file larger than this is refused before it is read (Parquet: its uncompressed size; text: the file size)"""
 
     def __post_init__(self) -> None:
+        for name in ("ads_path", "interactions_path"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                value = tuple(value)
+                if not all(isinstance(v, str) and v for v in value):
+                    raise ValueError(f"IngestionConfig.{name} must be a path or a list of non-empty paths, got {value!r}")
+                repeated = sorted({v for v in value if value.count(v) > 1})
+                if repeated:
+                    raise ValueError(f"IngestionConfig.{name} lists {repeated} twice; list each file once")
+                object.__setattr__(self, name, value)
+        if self.on_duplicate_ad not in DUPLICATE_POLICIES:
+            raise ValueError(f"IngestionConfig.on_duplicate_ad must be one of {DUPLICATE_POLICIES}, got {self.on_duplicate_ad!r}")
         if self.source not in SOURCES:
             raise ValueError(f"IngestionConfig.source must be one of {SOURCES}, got {self.source!r}")
         if self.source == "files" and not (self.ads_path and self.interactions_path):
@@ -78,6 +94,14 @@ class IngestionConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def ads_files(self) -> tuple[str, ...]:
+        return (self.ads_path,) if isinstance(self.ads_path, str) else self.ads_path
+
+    @property
+    def interactions_files(self) -> tuple[str, ...]:
+        return (self.interactions_path,) if isinstance(self.interactions_path, str) else self.interactions_path
 
 
 @dataclass(frozen=True)
@@ -118,8 +142,8 @@ def _epoch_seconds(parsed: ParsedFile, mode: str) -> pl.DataFrame:
 def _read_files(config: IngestionConfig, info: dict):
     """(ads files, interactions files) read and parsed; unknown columns recorded in info."""
     limits = InputLimits(max_rows=config.max_input_rows, max_bytes=config.max_input_bytes)
-    ads = [read_rows(config.ads_path, AD_REQUIRED, text_fields=AD_TEXT_COLUMNS, limits=limits)]
-    inter = [read_rows(config.interactions_path, INTERACTION_REQUIRED, limits=limits)]
+    ads = [read_rows(p, AD_REQUIRED, text_fields=AD_TEXT_COLUMNS, limits=limits) for p in config.ads_files]
+    inter = [read_rows(p, INTERACTION_REQUIRED, limits=limits) for p in config.interactions_files]
     unknown = {}
     for files, schema in ((ads, AD_COLUMNS), (inter, INTERACTION_COLUMNS)):
         for f in files:
@@ -152,7 +176,8 @@ def ingest(config: IngestionConfig) -> IngestionResult:
         parse_rej_inter = concat_rejected(*[f.rejected for _, f in inter])
     # Only user files use the configured separator; the generator and the Beauty reader join levels by " > ".
     sep = config.category_sep if config.source == "files" else CATEGORY_SEP
-    ads = validate_ad_files(ads_files, max_text_chars=config.max_text_chars, category_sep=sep)
+    ads = validate_ad_files(ads_files, max_text_chars=config.max_text_chars, category_sep=sep,
+                            on_duplicate=config.on_duplicate_ad)
     inter = validate_interaction_files(inter_files, ads.clean["ad_id"], timestamp_order=config.timestamp_order,
                                        timestamp_unit=config.timestamp_unit)
     rejected_ads = concat_rejected(parse_rej_ads, ads.rejected)
