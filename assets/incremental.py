@@ -21,7 +21,7 @@ from unisid_pipeline import paths, warehouse
 from unisid_pipeline.artifacts import TrainedTokenizer
 from unisid_pipeline.embeddings import frame_to_embeddings
 from unisid_pipeline.sid import LazyRowCost, collision_stats, sid_table_to_array
-from unisid_pipeline.sid_incremental import assign_new_sids, new_ad_ids
+from unisid_pipeline.sid_incremental import assign_new_sids, check_same_weights, new_ad_ids
 
 def _resolution_of(table: pl.DataFrame) -> str:
     """The resolution a SID table was built with: length L + 1 = suffix; length L = reassign, or none when
@@ -79,11 +79,17 @@ def catalog_sids_asset(method: str, source: str, encode_new: Callable[..., tuple
                                 f"the catalog SID table starts again from {method}_sids")
             previous = None
         existing = previous if previous is not None else sids
+        # The same version name with other weights (a lost MLflow store numbers versions from 1 again): refuse
+        # to mix, naming the asset to rebuild.
+        try:
+            check_same_weights(existing, trained.weights, trained.version)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {str(exc).replace('<method>_sids', f'{method}_sids')}") from None
         resolution = _resolution_of(existing)
         device = device_in_use(context, compute, "auto", name) if method == "unisid" else "cpu"
         new_ids, codes, cost = encode_new(trained, source, existing, device)
         rows, info = assign_new_sids(existing, new_ids, codes, method=method, model_version=trained.version,
-                                     resolution=resolution, last_level_cost=cost)
+                                     resolution=resolution, last_level_cost=cost, weights_sha256=trained.weights)
         table = pl.concat([existing.select(rows.columns), rows])
         with mlflow.run_for(context, params={"model_version": trained.version, "resolution": resolution}) as run:
             run.log_metrics({"n_existing": info["n_existing"], "n_new": info["n_new"],

@@ -198,7 +198,7 @@ class MlflowTracking(ConfigurableResource):
         same_step = ["dagster.asset_key", "dagster.step", *extra]  # a seed's run is compared with that seed's
         with open_run(self.resolved_uri(), self.experiment_name, run_name, tags, params,
                       artifact_root=paths.mlflow_artifacts(home), system_metrics_s=self.system_metrics_s,
-                      compare_on=same_step if params else ()) as run:
+                      compare_on=same_step if params else (), store_marker=home / "tracking_store.json") as run:
             context.log.info(f"MLflow run {run.run_id} ({run.url(self.ui_base)})")
             if run.config_changes:
                 context.log.warning(f"{step or keys[0]} runs with another config or data than its last materialization "

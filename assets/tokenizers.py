@@ -196,12 +196,14 @@ def sid_table_asset(method: str, model_asset: str, inputs: dict[str, AssetIn],
     @asset(name=f"{method}_sids", group_name=GROUP, kinds={"polars", "duckdb", "mlflow"},
            ins={"trained": AssetIn(model_asset), **inputs}, owners=["team:tokenizers"], tags={"stage": "tokenizers"},
            description=f"SID table of {method}: ad_id -> codes (collision-free after resolution), raw_codes, "
-                       "method, model_version. Archived as an MLflow artifact so SIDs never silently change.")
+                       "method, model_version, weights_sha256 (sha256 of the tokenizer's weights). Archived as an MLflow "
+                       "artifact so SIDs never silently change.")
     def _sids(context: AssetExecutionContext, config: SidTableConfig, mlflow: MlflowTracking,
               trained: TrainedTokenizer, **kwargs) -> Output[pl.DataFrame]:
         ad_ids, raw, cost = encode(trained, kwargs)
         table, info = build_sid_table(ad_ids, raw, method=method, model_version=trained.version,
-                                      resolution=config.resolution, last_level_cost=cost)
+                                      resolution=config.resolution, last_level_cost=cost,
+                                      weights_sha256=trained.weights)
         pre, post = info["pre"], info["post"]
         with mlflow.run_for(context, params={"resolution": config.resolution, "model_version": trained.version,
                                              "method": method}) as run:

@@ -190,6 +190,7 @@ def build_sid_table(
     model_version: str,
     resolution: str,
     last_level_cost: np.ndarray | None = None,
+    weights_sha256: str = "",
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Build the SID table of the data contract and its collision report.
 
@@ -198,7 +199,8 @@ def build_sid_table(
     the input order.
 
     Returns (table with columns ad_id Int64, codes List(Int64), raw_codes List(Int64), method Utf8,
-    model_version Utf8; info) where info has resolution_requested, resolution_used,
+    model_version Utf8, weights_sha256 Utf8 (the sha256 of the tokenizer's weights: a registry version
+    number alone can be reused after the tracking store is lost); info) where info has resolution_requested, resolution_used,
     fallback_reason (None, or why "reassign" fell back to "suffix"), sid_length, n_reassigned
     (items whose SID changed without growing), pre and post (`collision_stats` before and after).
     """
@@ -226,6 +228,7 @@ def build_sid_table(
             "raw_codes": pl.Series("raw_codes", raw).cast(pl.List(pl.Int64)),
             "method": pl.Series("method", [method] * raw.shape[0], dtype=pl.Utf8),
             "model_version": pl.Series("model_version", [model_version] * raw.shape[0], dtype=pl.Utf8),
+            "weights_sha256": pl.Series("weights_sha256", [weights_sha256] * raw.shape[0], dtype=pl.Utf8),
         }
     )
     info = {

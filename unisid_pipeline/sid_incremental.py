@@ -47,6 +47,23 @@ def _row_keys(rows: np.ndarray, base: int) -> np.ndarray:
     return key
 
 
+def check_same_weights(table: pl.DataFrame, weights_sha256: str, model_version: str) -> None:
+    """Refuse to extend (or mix with) a SID table that other weights built, even under the same version name: after
+    a lost or replaced MLflow store the registry numbers versions from 1 again, and a retrained tokenizer would
+    otherwise add SIDs "by version 1" that the table's version 1 never produced."""
+    if "weights_sha256" not in table.columns:
+        raise ValueError("the SID table records no weights fingerprint (it predates them), so its tokenizer cannot be "
+                         "verified: re-materialize the <method>_sids asset once, then extend it")
+    found = sorted(table["weights_sha256"].unique().to_list())
+    if found != [weights_sha256]:
+        raise ValueError(
+            f"the SID table was built by tokenizer weights {[f[:12] for f in found]}, the tokenizer given ({model_version}) "
+            f"has weights {weights_sha256[:12]}: they are different models under "
+            f"{'the same version name (was the MLflow store lost or replaced? registry versions restart at 1)' if model_version in table['model_version'].unique().to_list() else 'different versions'}. "
+            "Mixing their SIDs would corrupt the table: rebuild it with this tokenizer (re-materialize <method>_sids) "
+            "or load the tokenizer that built it")
+
+
 def assign_new_sids(
     existing: pl.DataFrame,
     ad_ids: np.ndarray,
@@ -55,6 +72,7 @@ def assign_new_sids(
     model_version: str,
     resolution: str,
     last_level_cost: np.ndarray | LazyRowCost | None = None,
+    weights_sha256: str = "",
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """SID rows (data contract of `build_sid_table`) for ads not yet in `existing`.
 
@@ -63,7 +81,8 @@ def assign_new_sids(
     output; last_level_cost ((m, K) array or `LazyRowCost`, lower is better) is needed for
     "reassign". Returns (rows of the new ads only, in ascending ad_id order; info with n_existing,
     n_new, n_new_colliding (new ads whose raw SID was already taken), resolution and `post`, the
-    `collision_stats` of existing + new).
+    `collision_stats` of existing + new). weights_sha256: the sha256 of the tokenizer's weights; `existing`
+    must have been built by the same weights, not only under the same version name (`check_same_weights`).
     """
     if resolution not in INCREMENTAL_RESOLUTIONS:
         raise ValueError(f"resolution must be one of {INCREMENTAL_RESOLUTIONS}, got {resolution!r}")
@@ -78,6 +97,7 @@ def assign_new_sids(
             raise ValueError(
                 f"the existing SID table was built by tokenizer version(s) {versions}, not {model_version!r}: "
                 "load that tokenizer version to extend it, or rebuild the whole table with the new tokenizer")
+        check_same_weights(existing, weights_sha256, model_version)
         _, old_raw = sid_table_to_array(existing, "raw_codes")
         if old_raw.shape[1] != n_levels:
             raise ValueError(f"existing raw codes have {old_raw.shape[1]} levels, the new ones {n_levels}")
@@ -146,6 +166,7 @@ def assign_new_sids(
         "raw_codes": pl.Series("raw_codes", raw).cast(pl.List(pl.Int64)),
         "method": pl.Series("method", [method] * len(ids), dtype=pl.Utf8),
         "model_version": pl.Series("model_version", [model_version] * len(ids), dtype=pl.Utf8),
+        "weights_sha256": pl.Series("weights_sha256", [weights_sha256] * len(ids), dtype=pl.Utf8),
     })
     info = {
         "resolution": resolution,

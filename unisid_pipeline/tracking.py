@@ -146,6 +146,47 @@ def fluent_tracking_uri(uri: str) -> Iterator[None]:
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on training runs, not GenAI
 
 
+class TrackingStoreReplaced(RuntimeError):
+    """The MLflow store a project home tracked to no longer holds that home's experiment (lost or replaced)."""
+
+
+def check_store_identity(marker: Path, uri: str, client: MlflowClient, experiment_id: str, name: str) -> None:
+    """Detect a lost or replaced tracking store: the home's `marker` (JSON) records, per tracking URI (redacted), the
+    id and creation time of the experiment its runs went to. A store that no longer has that experiment was lost
+    (mlflow.db deleted) or replaced: its registry numbers versions from 1 again, so "version 1" in the warehouse's
+    tables would name another model. Raise `TrackingStoreReplaced` with the two ways out; record it the first time."""
+    from unisid_pipeline.files import atomic_write_bytes
+
+    exp = client.get_experiment(experiment_id)
+    identity = {"experiment": name, "experiment_id": str(experiment_id), "creation_time": int(exp.creation_time or 0)}
+    key = redact_uri(uri)
+    try:
+        known = json.loads(marker.read_text()) if marker.exists() else {}
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    before = known.get(key)
+    if before == identity:
+        return
+    if before is not None:
+        when = _ms_to_text(before.get("creation_time", 0))
+        raise TrackingStoreReplaced(
+            f"the MLflow store {key} no longer holds experiment {name!r} (id {before.get('experiment_id')}, created "
+            f"{when}) that earlier runs of this project home tracked to: it was lost or replaced, and its registry "
+            "would number model versions from 1 again, so the SID tables' recorded versions would name other models. "
+            f"Restore the store (e.g. mlflow.db from a backup) to keep the history, or, to start tracking afresh on "
+            f"purpose, delete {marker} (the SID tables record their tokenizer's weights sha256 and refuse to mix)")
+    known[key] = identity
+    atomic_write_bytes(marker, json.dumps(known, indent=1, sort_keys=True).encode())
+
+
+def _ms_to_text(ms: int) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if ms else "?"
+
+
 def ensure_experiment(uri: str, name: str, artifact_root: Path | None) -> str:
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(name)
@@ -267,16 +308,20 @@ def open_run(
     artifact_root: Path | None = None,
     system_metrics_s: float = 0.0,
     compare_on: Sequence[str] = (),
+    store_marker: Path | None = None,
 ) -> Iterator[TrackedRun]:
     """One MLflow run: created, tagged (with the git commit), params logged; FINISHED on success, FAILED on
     error. system_metrics_s > 0: MLflow's system metrics (CPU, memory, disk, network; GPU where pynvml is
     installed) sampled every that many seconds while the run is open. compare_on: tag names; the run's
     `config_changes` then says how `params` differ from those of the last finished run with the same values of
-    those tags (None: no such run, or no difference)."""
+    those tags (None: no such run, or no difference). store_marker: a file of the project home that remembers
+    the store's experiment (`check_store_identity`): a lost or replaced store fails the run before it starts."""
     check_tracking_uri(tracking_uri)
     with redacted_errors(tracking_uri), fluent_tracking_uri(tracking_uri):
         exp_id = ensure_experiment(tracking_uri, experiment, artifact_root)
         client = MlflowClient(tracking_uri=tracking_uri)
+        if store_marker is not None:
+            check_store_identity(store_marker, tracking_uri, client, exp_id, experiment)
         mark_killed_runs(client, exp_id)
         owner = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
         changes = config_changes(client, exp_id, {k: str(tags[k]) for k in compare_on if k in tags}, params or {}) \

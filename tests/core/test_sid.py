@@ -151,7 +151,8 @@ def test_reassign_falls_back_to_suffix_for_the_whole_table() -> None:
 def test_sid_table_schema_and_round_trip() -> None:
     table, info = build_sid_table(AD_IDS, CODES, "unisid", "m@3", "suffix")
     assert table.schema == pl.Schema(
-        {"ad_id": pl.Int64, "codes": pl.List(pl.Int64), "raw_codes": pl.List(pl.Int64), "method": pl.Utf8, "model_version": pl.Utf8}
+        {"ad_id": pl.Int64, "codes": pl.List(pl.Int64), "raw_codes": pl.List(pl.Int64), "method": pl.Utf8, "model_version": pl.Utf8,
+         "weights_sha256": pl.Utf8}
     )
     ids, codes = sid_table_to_array(table)
     assert np.array_equal(ids, AD_IDS) and np.array_equal(codes, resolve_suffix(CODES, AD_IDS))

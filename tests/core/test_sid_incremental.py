@@ -113,3 +113,19 @@ def test_no_new_ads_gives_an_empty_table_of_the_contract():
     existing, _ = build_sid_table(np.array([1, 2]), np.array([[0, 0], [0, 1]]), "m", "v", "suffix")
     rows, info = assign_new_sids(existing, np.zeros(0, dtype=np.int64), np.zeros((0, 2), dtype=np.int64), "m", "v", "suffix")
     assert rows.height == 0 and rows.schema == existing.schema and info["n_new"] == 0
+
+
+def test_a_table_of_other_weights_under_the_same_version_is_never_extended():
+    """After the MLflow store is lost, a retrained tokenizer registers as version 1 again: its new SIDs must not be
+    appended to a table that the old version 1 built. The weights' sha256 in every row tells them apart."""
+    existing, _ = build_sid_table(np.array([1, 2]), np.array([[0, 0], [0, 1]]), "m", "m/1", "suffix",
+                                  weights_sha256="a" * 64)
+    assert existing["weights_sha256"].to_list() == ["a" * 64] * 2
+    rows, _ = assign_new_sids(existing, np.array([3]), np.array([[1, 1]]), "m", "m/1", "suffix", weights_sha256="a" * 64)
+    assert rows["weights_sha256"].to_list() == ["a" * 64]
+    with pytest.raises(ValueError, match=r"built by tokenizer weights \['aaaaaaaaaaaa'\].*has weights bbbbbbbbbbbb.*"
+                                         r"same version name \(was the MLflow store lost or replaced"):
+        assign_new_sids(existing, np.array([3]), np.array([[1, 1]]), "m", "m/1", "suffix", weights_sha256="b" * 64)
+    with pytest.raises(ValueError, match="records no weights fingerprint"):
+        assign_new_sids(existing.drop("weights_sha256"), np.array([3]), np.array([[1, 1]]), "m", "m/1", "suffix",
+                        weights_sha256="a" * 64)

@@ -57,3 +57,53 @@ def test_new_ads_get_sids_from_the_frozen_tokenizer_and_old_sids_stay(home, tmp_
     assert defs.resolve_job_def("assign_new_ad_sids").execute_in_process(
         run_config=_config(grown, inter), instance=instance).success
     assert warehouse.read_table(db, "rq_kmeans_catalog_sids").sort("ad_id").equals(catalog.sort("ad_id"))
+
+
+def test_a_lost_tracking_store_is_detected_and_sids_of_other_weights_are_never_mixed(home, tmp_path):
+    """mlflow.db lost: the next tracked run fails naming the store and the two ways out (no silent restart of the
+    registry at version 1). Once the user starts tracking afresh on purpose and retrains (another seed, so other
+    weights, registered as version 1 again), extending the SID table that the old version 1 built is refused."""
+    world = generate_world(SyntheticWorldConfig(n_ads=220, n_users=40, n_advertisers=10, seed=1))
+    inter, ads = tmp_path / "inter.parquet", tmp_path / "ads.parquet"
+    world.interactions.filter(pl.col("ad_id") <= 200).write_parquet(inter)
+    world.ads.head(200).write_parquet(ads)
+    grown = tmp_path / "ads_grown.parquet"
+    world.ads.write_parquet(grown)
+    defs = build_definitions(home=str(home))
+    instance = DagsterInstance.ephemeral()
+    config = _config(ads, inter, train=True)
+    config["ops"]["rq_kmeans_model"]["config"]["register_model"] = True
+    setup = defs.resolve_job_def("full_pipeline").get_subset(asset_selection={
+        AssetKey(k) for k in ("raw_ads", "ad_text_embeddings", "rq_kmeans_model", "rq_kmeans_sids")})
+    assert setup.execute_in_process(run_config=config, instance=instance).success
+    db = paths.warehouse_path(home)
+    table = warehouse.read_table(db, "rq_kmeans_sids")
+    assert table["model_version"].unique().to_list() == ["rq_kmeans_tokenizer/1"]
+
+    # The tracking store is lost: what a new, empty mlflow.db looks like to the next run (done in this process,
+    # where MLflow caches the store): the experiment's id is another, and the registry starts again at version 1.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=paths.mlflow_uri(home))
+    client.rename_experiment(client.get_experiment_by_name("unisid_pipeline").experiment_id, "lost")
+    client.delete_registered_model("rq_kmeans_tokenizer")
+    retrain = defs.resolve_job_def("full_pipeline").get_subset(asset_selection={AssetKey("rq_kmeans_model")})
+    config = {"ops": {"rq_kmeans_model": {"config": {**config["ops"]["rq_kmeans_model"]["config"], "seed": 7}}}}
+    result = retrain.execute_in_process(run_config=config, instance=instance, raise_on_error=False)
+    assert not result.success
+    from test_outside_failures import failure_text
+
+    text = failure_text(result)
+    assert "TrackingStoreReplaced" in text and "no longer holds experiment 'unisid_pipeline'" in text
+    assert "tracking_store.json" in text
+
+    (home / "tracking_store.json").unlink()  # the user starts tracking afresh on purpose
+    assert retrain.execute_in_process(run_config=config, instance=instance).success  # version 1 again, other weights
+    result = defs.resolve_job_def("assign_new_ad_sids").execute_in_process(
+        run_config=_config(grown, inter), instance=instance, raise_on_error=False)
+    assert not result.success
+    text = failure_text(result)
+    assert "rq_kmeans_catalog_sids: the SID table was built by tokenizer weights" in text
+    assert "the same version name (was the MLflow store lost or replaced?" in text and "re-materialize rq_kmeans_sids" in text
+    assert not warehouse.has_table(db, "rq_kmeans_catalog_sids")
+    assert warehouse.read_table(db, "rq_kmeans_sids").equals(table)  # nothing changed
