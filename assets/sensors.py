@@ -58,8 +58,10 @@ class IncomingAds(ConfigurableResource):
             loaded = yaml.safe_load(Path(self.base_run_config).read_text()) or {}
             ops = {k: v for k, v in (loaded.get("ops") or {}).items() if op_names is None or k in op_names}
         ingest_cfg = dict((ops.get("ingested_tables") or {}).get("config") or {})
+        roots = [*ingest_cfg.get("allowed_roots", []), str(self.folder())]  # the watched folder is an input root
         ingest_cfg.update(source="files", ads_path=[str(p) for p in ads_paths],
-                          interactions_path=[str(p) for p in interactions_paths], on_duplicate_ad="last_wins")
+                          interactions_path=[str(p) for p in interactions_paths], on_duplicate_ad="last_wins",
+                          allowed_roots=list(dict.fromkeys(roots)))
         ops["ingested_tables"] = {"config": ingest_cfg}
         return {"ops": ops}
 

@@ -30,3 +30,16 @@ def beauty_dir() -> Path:
     if not (BEAUTY_DIR / "sequential_data.txt").exists():
         pytest.skip(f"Amazon Beauty data not found at {BEAUTY_DIR} (it lives in ../shared/data beside the repo)")
     return BEAUTY_DIR
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _tmp_dirs_are_input_roots(tmp_path_factory):
+    """Ingestion reads only files under the working directory and $UNISID_INPUT_ROOTS (IngestionConfig.allowed_roots);
+    tests write their input files under pytest's temp folder, so it is an input root for the whole session."""
+    old = os.environ.get("UNISID_INPUT_ROOTS")
+    os.environ["UNISID_INPUT_ROOTS"] = os.pathsep.join(filter(None, [old, str(tmp_path_factory.getbasetemp())]))
+    yield
+    if old is None:
+        os.environ.pop("UNISID_INPUT_ROOTS", None)
+    else:
+        os.environ["UNISID_INPUT_ROOTS"] = old

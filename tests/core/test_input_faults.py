@@ -306,3 +306,56 @@ def test_interactions_of_several_files_are_unioned_and_a_single_path_still_works
     assert ingest(single).ad_interactions.height == 2
     with pytest.raises(ValueError, match="twice"):
         IngestionConfig(source="files", ads_path=["a.csv", "a.csv"], interactions_path="c.csv")
+
+
+# 6. Input paths confined to allowed roots --------------------------------------------------------------------------
+
+@pytest.fixture
+def inbox(tmp_path):
+    """tmp_path/in holding an ads and a clicks file; tmp_path/secret.csv outside it."""
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "ads.csv").write_text("ad_id,title\n1,a\n2,b\n")
+    (root / "clicks.csv").write_text(CLICKS)
+    (tmp_path / "secret.csv").write_text("ad_id,title\nroot:x:0:0,secret\n")
+    return root
+
+
+def _cfg(root, ads, **kw):
+    return IngestionConfig(source="files", ads_path=str(ads), interactions_path=str(root / "clicks.csv"), **kw)
+
+
+def test_paths_outside_the_allowed_roots_are_refused(inbox, monkeypatch):
+    # Bug fixed: `..` paths were followed, so any readable file ended up in rejected rows and logs.
+    assert ingest(_cfg(inbox, inbox / "ads.csv", allowed_roots=(str(inbox),))).raw_ads.height == 2
+    escape = inbox / ".." / "secret.csv"
+    with pytest.raises(InputFileError) as err:
+        ingest(_cfg(inbox, escape, allowed_roots=(str(inbox),)))
+    assert str(escape) in str(err.value) and "outside the allowed input folders" in str(err.value)
+    assert "allowed_roots" in err.value.fix and "UNISID_INPUT_ROOTS" in err.value.fix
+    # default roots: the working directory and $UNISID_INPUT_ROOTS
+    monkeypatch.setenv("UNISID_INPUT_ROOTS", os.pathsep.join(["/nonexistent", str(inbox)]))
+    assert ingest(_cfg(inbox, inbox / "ads.csv")).raw_ads.height == 2
+    with pytest.raises(InputFileError, match="outside the allowed input folders"):
+        ingest(_cfg(inbox, escape))
+    monkeypatch.delenv("UNISID_INPUT_ROOTS")
+    monkeypatch.chdir(inbox)
+    assert ingest(_cfg(inbox, "ads.csv")).raw_ads.height == 2
+    with pytest.raises(InputFileError, match="outside the allowed input folders"):
+        ingest(_cfg(inbox, "../secret.csv"))
+
+
+def test_symlinked_inputs_are_refused_unless_follow_symlinks(inbox, tmp_path):
+    (inbox / "link.csv").symlink_to(inbox / "ads.csv")
+    (inbox / "sub").mkdir()
+    (inbox / "sub" / "ads.csv").write_text("ad_id,title\n1,a\n")
+    (inbox / "linkdir").symlink_to(inbox / "sub")
+    (inbox / "outside.csv").symlink_to(tmp_path / "secret.csv")
+    roots = (str(inbox),)
+    for path in (inbox / "link.csv", inbox / "linkdir" / "ads.csv"):
+        with pytest.raises(InputFileError) as err:
+            ingest(_cfg(inbox, path, allowed_roots=roots))
+        assert "symbolic link" in str(err.value) and "follow_symlinks" in err.value.fix
+        assert ingest(_cfg(inbox, path, allowed_roots=roots, follow_symlinks=True)).raw_ads.height >= 1
+    with pytest.raises(InputFileError, match="outside the allowed input folders"):  # a link out of the roots
+        ingest(_cfg(inbox, inbox / "outside.csv", allowed_roots=roots, follow_symlinks=True))

@@ -47,7 +47,8 @@ def test_new_ad_file_triggers_exactly_one_run_that_ingests_it(home, incoming):
     request = result.run_requests[0]
     cfg = request.run_config["ops"]["ingested_tables"]["config"]
     assert cfg == {"source": "files", "ads_path": [str(incoming / "ads_1.csv")],
-                   "interactions_path": [str(incoming / "interactions.csv")], "on_duplicate_ad": "last_wins"}
+                   "interactions_path": [str(incoming / "interactions.csv")], "on_duplicate_ad": "last_wins",
+                   "allowed_roots": [str(incoming.resolve())]}
     job = defs.resolve_job_def("ads_refresh_job")
     assert validate_run_config(job, request.run_config)
     assert {"raw_ads", "unisid_sids", "rq_vae_sids"} <= {k.to_user_string() for k in job.asset_layer.selected_asset_keys}

@@ -9,7 +9,15 @@ from typing import Literal
 import polars as pl
 
 from unisid_pipeline.data.beauty import load_beauty
-from unisid_pipeline.data.readers import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, InputFileError, InputLimits, ParsedFile, read_rows
+from unisid_pipeline.data.readers import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_ROWS,
+    InputFileError,
+    InputLimits,
+    ParsedFile,
+    confine,
+    read_rows,
+)
 from unisid_pipeline.data.schema import (
     AD_COLUMNS,
     AD_REQUIRED,
@@ -56,8 +64,13 @@ class IngestionConfig:
     """an input file with more rows is refused before it is read (Parquet: from its metadata)"""
     max_input_bytes: int = DEFAULT_MAX_BYTES
     """an input file larger than this is refused before it is read (Parquet: its uncompressed size; text: the file size)"""
+    allowed_roots: tuple[str, ...] = ()
+    """source="files": folders the input files must lie in (resolved path); empty = the working directory and $UNISID_INPUT_ROOTS (os.pathsep-separated)"""
+    follow_symlinks: bool = False
+    """source="files": read an input file reached through a symbolic link (its target must still lie in allowed_roots)"""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "allowed_roots", tuple(self.allowed_roots))
         for name in ("ads_path", "interactions_path"):
             value = getattr(self, name)
             if not isinstance(value, str):
@@ -142,6 +155,8 @@ def _epoch_seconds(parsed: ParsedFile, mode: str) -> pl.DataFrame:
 def _read_files(config: IngestionConfig, info: dict):
     """(ads files, interactions files) read and parsed; unknown columns recorded in info."""
     limits = InputLimits(max_rows=config.max_input_rows, max_bytes=config.max_input_bytes)
+    for path in config.ads_files + config.interactions_files:
+        confine(path, config.allowed_roots, config.follow_symlinks)
     ads = [read_rows(p, AD_REQUIRED, text_fields=AD_TEXT_COLUMNS, limits=limits) for p in config.ads_files]
     inter = [read_rows(p, INTERACTION_REQUIRED, limits=limits) for p in config.interactions_files]
     unknown = {}

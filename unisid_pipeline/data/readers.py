@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import csv
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,46 @@ def _check_limit(path: Path, found: int, unit: str, limit: int, field: str) -> N
     if found > limit:
         raise InputFileError(path, None, f"{found:,} {unit} exceed the limit {field}={limit:,}",
                              f"raise {field} in the ingestion config if the machine has the memory for it")
+
+
+INPUT_ROOTS_ENV = "UNISID_INPUT_ROOTS"
+
+
+def input_roots(allowed: tuple[str, ...] = ()) -> list[Path]:
+    """The folders input files may come from: `allowed`, else the working directory and $UNISID_INPUT_ROOTS."""
+    if allowed:
+        return [Path(r).expanduser().absolute() for r in allowed]
+    env = [r for r in os.environ.get(INPUT_ROOTS_ENV, "").split(os.pathsep) if r]
+    return [Path.cwd(), *(Path(r).expanduser().absolute() for r in env)]
+
+
+def _symlink_in(path: Path, roots: list[Path]) -> Path | None:
+    """The first symbolic link on `path` (absolute, as written) below the roots; links above a root are its own."""
+    parts = path.parts
+    for i in range(1, len(parts) + 1):
+        prefix = Path(*parts[:i])
+        if prefix.is_symlink() and not any(r.is_relative_to(prefix) for r in roots):
+            return prefix
+    return None
+
+
+def confine(path: str | Path, allowed: tuple[str, ...] = (), follow_symlinks: bool = False) -> None:
+    """Refuse an input file outside the allowed folders (its resolved path: `..` and links followed) or,
+    unless follow_symlinks, reached through a symbolic link."""
+    roots = input_roots(allowed)
+    real = Path(path).resolve()
+    real_roots = [r.resolve() for r in roots]
+    fix_roots = (f"add its folder to allowed_roots in the ingestion config (or to ${INPUT_ROOTS_ENV}, "
+                 f"{os.pathsep!r}-separated, when allowed_roots is empty)")
+    if not any(real.is_relative_to(r) for r in real_roots):
+        raise InputFileError(path, None, f"the file (resolved: {real}) is outside the allowed input folders "
+                             f"{[str(r) for r in real_roots]}", f"move it into one of them, or {fix_roots}")
+    if not follow_symlinks:
+        link = _symlink_in(Path(os.getcwd(), path), roots + real_roots)
+        if link is not None:
+            raise InputFileError(path, None, f"{link} is a symbolic link",
+                                 "point the config at the real file, or set follow_symlinks=True (the target must "
+                                 "still lie in the allowed input folders)")
 
 
 @dataclass(frozen=True)
