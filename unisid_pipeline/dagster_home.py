@@ -1,0 +1,52 @@
+"""The first use of a Dagster home: its storages are created once, under a lock, before any command reads them.
+
+Dagster creates its sqlite storages (run history, event logs, schedules) the first time an instance opens them and
+stamps their schema version then. Two commands started at once on a fresh home (two `dagster asset materialize`, a
+test run beside a UI) race there: one of the databases can end up with two schema heads, after which every command
+fails ("Version table 'alembic_version' has more than one head present"). `ensure_instance` takes an exclusive
+file lock, creates every storage in one process and leaves a marker; the venv's start-up hook
+(`scripts/configure_venv.py`) calls it before any Python program of the venv runs while the marker is missing, so
+the Dagster CLI, `dagster dev` and the tests all find the home ready. Dagster is imported only then.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+from pathlib import Path
+
+READY = ".unisid-instance-ready"
+LOCK = ".unisid-instance.lock"
+
+
+def ensure_instance(dagster_home: str | os.PathLike) -> bool:
+    """Create the Dagster instance storages of `dagster_home` unless its marker says they exist; True when this call
+    created them. Safe to call from many processes at once: one creates, the others wait for it, then return."""
+    home = Path(dagster_home)
+    if (home / READY).exists():
+        return False
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / LOCK, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes, also when this process dies
+        if (home / READY).exists():
+            return False
+        from dagster import DagsterInstance
+
+        with DagsterInstance.from_config(str(home)) as instance:
+            # touch each storage, so each creates its tables and stamps its schema now
+            instance.get_runs(limit=1)
+            instance.get_asset_keys()
+            instance.all_instigator_state()
+        (home / READY).write_text("created by unisid_pipeline.dagster_home.ensure_instance\n")
+        return True
+
+
+def ensure_instance_at_start_up() -> None:
+    """The venv start-up hook's call: $DAGSTER_HOME's storages, created once; never breaks the program starting."""
+    home = os.environ.get("DAGSTER_HOME")
+    if not home or (Path(home) / READY).exists():
+        return
+    try:
+        ensure_instance(home)
+    except Exception as exc:  # a read-only or missing home: the program's own use of it will say what is wrong
+        print(f"unisid_pipeline: could not prepare the Dagster home {home} ({type(exc).__name__}: {exc})", file=sys.stderr)
