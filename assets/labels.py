@@ -5,7 +5,7 @@ import polars as pl
 from dagster import AssetExecutionContext, Config, MetadataValue, Output, asset
 from pydantic import Field
 
-from assets.metadata import markdown_table, readable, run_metadata
+from assets.metadata import readable, run_metadata, table_value
 from assets.resources import MlflowTracking
 from unisid_pipeline.embeddings import frame_to_embeddings
 from unisid_pipeline.hierarchy import derive_hierarchy, labels_from_category_path
@@ -52,7 +52,7 @@ def ad_hierarchy_labels(context: AssetExecutionContext, config: HierarchyConfig,
     return Output(labels, metadata=readable({
         **meta, "dagster/row_count": labels.height, "hierarchy_source": info["hierarchy_source"],
         "labels_per_level": MetadataValue.json(n_per_level),
-        "preview": MetadataValue.md(markdown_table(labels)),
+        "preview": table_value(labels),
         "how": MetadataValue.json({k: v for k, v in info.items() if isinstance(v, (str, int, float, list, dict))}),
     }))
 

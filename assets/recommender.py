@@ -22,7 +22,7 @@ from dagster import (
 from pydantic import Field
 
 from assets.config import graph_config, mirror, to_core
-from assets.metadata import device_in_use, figure_metadata, markdown_table, readable, run_metadata
+from assets.metadata import device_in_use, figure_metadata, readable, run_metadata, table_value
 from assets.resources import ComputeDevice, MlflowTracking, ProjectHome, optional_input
 from assets.tokenizers import loss_figure
 from unisid_pipeline.embeddings import frame_to_embeddings
@@ -172,7 +172,7 @@ def recommender_asset(method: str):
         return Output({"method": method, "results": results, "checkpoints": {r["row"]["seed"]: r["checkpoint"] for r in seeds},
                        "sid_model_version": version, "registered_model": registered},
                       metadata=readable({**meta, "registered_model": registered or "not registered",
-                                         "test_metrics": MetadataValue.md(markdown_table(results)),
+                                         "test_metrics": table_value(results),
                                          "loss_curve": figure_metadata(fig), "seeds": results.height,
                                          **{f"test_{k}": float(results[k].mean()) for k in ("recall@10", "ndcg@10")}}))
 
@@ -237,7 +237,7 @@ def downstream_eval(context: AssetExecutionContext, config: EvalConfig, mlflow: 
                 context.log.info(f"champion recommender: models:/{rec_name}@champion (version {rec_ver})")
         run.set_tags({"champion_method": best})
         meta = run_metadata(run, mlflow.ui_base)
-    return Output(table, metadata=readable({**meta, "comparison": MetadataValue.md(markdown_table(table, max_chars=24)),
+    return Output(table, metadata=readable({**meta, "comparison": table_value(table),
                                    "champion_method": best, "champion_model": champion or "not registered",
                                    "plot": figure_metadata(fig), "dagster/row_count": table.height}))
 
@@ -276,7 +276,7 @@ def embedding_retrieval_eval(context: AssetExecutionContext, config: RetrievalCo
         table = pl.DataFrame(rows)
         run.log_table(table, "embedding_retrieval.parquet")
         meta = run_metadata(run, mlflow.ui_base)
-    return Output(table, metadata=readable({**meta, "results": MetadataValue.md(markdown_table(table)),
+    return Output(table, metadata=readable({**meta, "results": table_value(table),
                                    "dagster/row_count": table.height}))
 
 

@@ -8,7 +8,7 @@ from dagster import AssetExecutionContext, Config, MetadataValue, Output, asset
 from pydantic import Field
 
 from assets.config import mirror, to_core
-from assets.metadata import device_in_use, markdown_table, readable, run_metadata
+from assets.metadata import device_in_use, markdown_table, readable, run_metadata, table_value
 from assets.resources import ComputeDevice, MlflowTracking, ProjectHome
 from unisid_pipeline import paths
 from unisid_pipeline.data.schema import ad_text
@@ -96,7 +96,7 @@ def ad_summaries(context: AssetExecutionContext, config: SummaryRun, mlflow: Mlf
     return Output(table, metadata=readable({
         **meta, "dagster/row_count": table.height, "backend": summarizer.backend, "model_id": summarizer.model_id,
         "new_summaries": n_new, "summaries_per_s": metrics["summaries_per_s"],
-        "sample": MetadataValue.md(markdown_table(sample, max_rows=8, max_chars=140)),
+        "sample": table_value(sample, max_rows=8, max_chars=140),
     }))
 
 

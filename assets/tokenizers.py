@@ -16,7 +16,7 @@ from dagster import AssetExecutionContext, AssetIn, Config, MetadataValue, Outpu
 from pydantic import Field
 
 from assets.config import DEVICE_HELP, mirror, to_core
-from assets.metadata import device_in_use, figure_metadata, markdown_table, readable, run_metadata, table_metadata
+from assets.metadata import device_in_use, figure_metadata, readable, run_metadata, table_metadata, table_value
 from assets.resources import ComputeDevice, MlflowTracking
 from unisid_pipeline.artifacts import TrainedTokenizer, array_fingerprint, behaviour_fingerprint, state_fingerprint
 from unisid_pipeline.embeddings import frame_to_embeddings
@@ -136,8 +136,7 @@ def _rq_kmeans_plots(run, history: dict) -> dict:
     padded = {"iteration": list(range(1, n + 1)), **{k: c + [float("nan")] * (n - len(c)) for k, c in curves.items()}}
     fig = loss_figure(padded, "iteration", list(curves), "RQ-KMeans: inertia per Lloyd iteration")
     run.log_figure(fig, "loss_curve.png")
-    return {"per_level": MetadataValue.md(markdown_table(pl.DataFrame(
-                {k: v for k, v in history.items() if k != "inertia_curve"}))),
+    return {"per_level": table_value(pl.DataFrame({k: v for k, v in history.items() if k != "inertia_curve"})),
             "loss_curve": figure_metadata(fig)}
 
 

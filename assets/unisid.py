@@ -15,7 +15,7 @@ from pydantic import Field
 
 from assets.config import DEVICE_HELP, mirror, to_core
 from assets.launch import Launcher, check_launcher, fresh_dir, read_history, run_pipes, torchrun_command
-from assets.metadata import device_in_use, figure_metadata, markdown_table, readable, run_metadata
+from assets.metadata import device_in_use, figure_metadata, readable, run_metadata, table_value
 from assets.resources import ComputeDevice, MlflowTracking, ProjectHome
 from assets.tokenizers import GROUP, finish_tokenizer, loss_figure, sid_table_asset
 from unisid_pipeline.artifacts import TrainedTokenizer, array_fingerprint
@@ -165,7 +165,7 @@ def unisid_model(context: AssetExecutionContext, config: UniSIDRun, mlflow: Mlfl
     return Output(trained, metadata=readable({**meta, **pipes_meta, "version": trained.version, "train_seconds": train_s,
                                      "launcher": config.launcher, "world_size": world,
                                      "steps": len(steps), "loss_curve": figure_metadata(fig),
-                                     "per_epoch": MetadataValue.md(markdown_table(epochs, max_chars=12))}))
+                                     "per_epoch": table_value(epochs, max_rows=20)}))
 
 
 def _encode_unisid(trained: TrainedTokenizer, inputs: dict):
