@@ -9,6 +9,7 @@ from dagster import (
     AssetKey,
     AssetOut,
     Config,
+    Failure,
     MetadataValue,
     Output,
     asset,
@@ -20,11 +21,31 @@ from pydantic import Field
 from assets.config import Ingestion, to_core
 from assets.metadata import markdown_table, readable, rounded, run_metadata, table_metadata
 from assets.resources import MlflowTracking
+from unisid_pipeline import paths
 from unisid_pipeline.data.ingest import IngestionConfig, ingest
 from unisid_pipeline.data.sequences import build_user_sequences
 
 GROUP = "ingestion"
 KINDS = {"polars", "duckdb", "mlflow"}
+
+
+def _no_clean_ads(rejected: pl.DataFrame, info: dict, mlflow: MlflowTracking, meta: dict, stored: bool) -> Failure:
+    """The failure of an ingestion that found no clean ad: the first rejects' reasons and where all of them are
+    (they were stored before it is raised); raw_ads and ad_interactions keep their previous version."""
+    db = paths.warehouse_path(paths.project_home(mlflow.home or None))
+    first = "; ".join(f"line {r['line']} {r['field']}: {r['reason']}" for r in rejected.head(3).iter_rows(named=True))
+    run_id = meta.get("mlflow_run_id")
+    where = " and ".join([*([f"warehouse table rejected_ads in {db}"] if stored else []),
+                          f"rejected_ads.parquet of MLflow run {getattr(run_id, 'value', run_id)}"])
+    return Failure(
+        description=(f"ingestion found no clean ads in {info['ads_source']}: {rejected.height:,} rejected"
+                     + (f" (first: {first}). All rejected rows are in the {where}" if rejected.height else
+                        " (the source has no ad rows)")
+                     + ". raw_ads and ad_interactions were not replaced (they keep their previous version); fix "
+                       "the source and re-run."),
+        metadata={"ads_rejected": rejected.height, "source": str(info["ads_source"]),
+                  "rejected_rows": MetadataValue.md(markdown_table(rejected.head(10))) if rejected.height else "none",
+                  "rejected_table": f"{db}::rejected_ads" if stored else "not selected"})
 
 
 @multi_asset(
@@ -72,9 +93,14 @@ def ingested_tables(context: AssetExecutionContext, config: Ingestion, mlflow: M
         "rejected_interactions": (result.rejected_interactions, table_metadata(result.rejected_interactions)),
     }
     # The four tables come from one read and one validation; a subset selection stores only what was asked for.
-    for name in context.op_execution_context.selected_output_names:
+    selected = context.op_execution_context.selected_output_names
+    if "raw_ads" in selected and not result.raw_ads.height:
+        selected = [n for n in selected if n.startswith("rejected_")]  # stored, then the step fails (below)
+    for name in selected:
         value, metadata = outputs[name]
         yield Output(value, name, metadata=readable({**metadata, **meta}))
+    if "raw_ads" in context.op_execution_context.selected_output_names and not result.raw_ads.height:
+        raise _no_clean_ads(result.rejected_ads, info, mlflow, meta, stored="rejected_ads" in selected)
 
 
 class Sequences(Config):

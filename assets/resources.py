@@ -39,6 +39,13 @@ def optional_input(key: str) -> AssetIn:
     return AssetIn(key, metadata={OPTIONAL_INPUT: True})
 
 
+MAY_SHRINK = "unisid/may_shrink"  # output metadata: this table may legitimately shrink or empty (no shrink guard)
+# reports whose rows are the methods / models materialized so far: fewer of them is no data loss
+MAY_SHRINK_TABLES = frozenset({"sid_collision_report", "downstream_eval", "embedding_retrieval_eval"})
+SHRINK_FIX = ("If the smaller table is meant (a smaller source or synthetic world), re-run with this in the run "
+              "config (-c file or the launchpad):\nresources:\n  io_manager:\n    config:\n      allow_shrink: true")
+
+
 class WarehouseIOManager(ConfigurableIOManager):
     """polars DataFrames -> DuckDB tables (atomic replace); anything else -> atomic no-pickle object files
     (<home>/objects/<asset>.safetensors: `warehouse.write_object`). A table is only ever loaded from DuckDB; a
@@ -46,12 +53,23 @@ class WarehouseIOManager(ConfigurableIOManager):
 
     home: str = ""
     lock_timeout_s: float = warehouse.DEFAULT_LOCK_TIMEOUT_S  # wait this long for another process's lock, then fail
+    allow_shrink: bool = Field(False, description="let a materialization replace a non-empty table with an empty one "
+                               "or one of fewer than half its rows (refused by default: a broken source would "
+                               "otherwise wipe the table); per run: resources: {io_manager: {config: "
+                               "{allow_shrink: true}}}")
 
     def _db(self) -> Path:
         return paths.warehouse_path(paths.project_home(self.home or None))
 
     def _obj(self, key: list[str]) -> Path:
         return paths.project_home(self.home or None) / "objects" / f"{warehouse.table_name(key)}{OBJECT_SUFFIX}"
+
+    def _guards_shrink(self, name: str, context: OutputContext) -> bool:
+        """Whether a shrink of this table is refused: not when allowed for the run, nor for the tables that are
+        legitimately small or empty (rejected rows, reports, tables whose output says MAY_SHRINK)."""
+        if self.allow_shrink or name.startswith("rejected_") or name in MAY_SHRINK_TABLES:
+            return False
+        return not (context.definition_metadata or {}).get(MAY_SHRINK)
 
     def _legacy(self, key: list[str]) -> Path:
         return self._obj(key).with_suffix(".pkl")
@@ -62,7 +80,8 @@ class WarehouseIOManager(ConfigurableIOManager):
         key = list(context.asset_key.path)
         name = warehouse.table_name(key)
         if isinstance(obj, pl.DataFrame):
-            warehouse.write_table(self._db(), name, obj, lock_timeout_s=self.lock_timeout_s)
+            warehouse.write_table(self._db(), name, obj, lock_timeout_s=self.lock_timeout_s,
+                                  guard_shrink=self._guards_shrink(name, context), shrink_fix=SHRINK_FIX)
             self._obj(key).unlink(missing_ok=True)  # a stale object of the same name is never read for a table
             context.add_output_metadata({"duckdb_table": f"{self._db()}::{name}"})
         else:

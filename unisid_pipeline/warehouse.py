@@ -32,6 +32,14 @@ class WarehouseLockedError(RuntimeError):
     """The DuckDB file is held by another process."""
 
 
+class TableShrinkError(RuntimeError):
+    """A write that would replace a non-empty table with an empty one or one under half its rows (refused)."""
+
+    def __init__(self, message: str, name: str, old_rows: int, new_rows: int):
+        super().__init__(message)
+        self.name, self.old_rows, self.new_rows = name, old_rows, new_rows
+
+
 DEFAULT_LOCK_TIMEOUT_S = 20.0
 
 
@@ -113,9 +121,18 @@ def connect(path: Path, read_only: bool = False,
         con.close()
 
 
-def write_table(path: Path, name: str, frame: pl.DataFrame, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> None:
+def shrinks(old_rows: int, new_rows: int) -> bool:
+    """Whether replacing a table of `old_rows` by one of `new_rows` is a suspicious shrink: a non-empty table
+    emptied, or cut to fewer than half its rows."""
+    return old_rows > 0 and new_rows * 2 < old_rows
+
+
+def write_table(path: Path, name: str, frame: pl.DataFrame, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+                guard_shrink: bool = False, shrink_fix: str = "") -> None:
     """Replace table `name` with `frame` in one transaction: readers see the old or the new table, never half.
 
+    guard_shrink: refuse (TableShrinkError naming the table, both row counts and `shrink_fix`) to replace a
+    non-empty table with an empty one or one of fewer than half its rows; the old table stays.
     Raises WarehouseLockedError when another process holds the file, DiskFullError when the disk is full
     (the old table is then intact).
     """
@@ -127,6 +144,16 @@ def write_table(path: Path, name: str, frame: pl.DataFrame, lock_timeout_s: floa
             con.register("__incoming", arrow)
             con.execute("BEGIN TRANSACTION")
             try:
+                if guard_shrink:  # counted inside the transaction that replaces it: no other writer in between
+                    exists = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
+                                         [name]).fetchone()[0]
+                    old = con.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0] if exists else 0
+                    if shrinks(old, frame.height):
+                        raise TableShrinkError(
+                            f"refusing to replace table {name!r} ({old:,} rows) with {frame.height:,} rows in {path}: "
+                            f"{'an empty table' if not frame.height else 'fewer than half its rows'} usually means a "
+                            f"broken or truncated source; the previous table is kept. {shrink_fix}".rstrip(),
+                            name, old, frame.height)
                 con.execute(f'CREATE OR REPLACE TABLE "{name}" AS SELECT * FROM __incoming')
                 con.execute("COMMIT")
             except BaseException:

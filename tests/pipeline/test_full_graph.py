@@ -89,7 +89,7 @@ def test_each_recommender_seed_is_its_own_step_and_mlflow_run_nested_under_the_a
     # the same metric names in every seed's run: MLflow's Compare view lines the seeds up
     names = [set(r.data.metrics) for r in seed_runs]
     assert names[0] == names[1] and {"test_recall_at_10", "test_ndcg_at_10", "train_loss"} <= names[0]  # "@" is not a metric-name character
-    value = warehouse.read_object(home / "objects" / "recommender_unisid.pkl")
+    value = warehouse.read_object(home / "objects" / "recommender_unisid.safetensors")
     assert value["results"]["seed"].to_list() == [0, 1] and set(value["checkpoints"]) == {0, 1}
     by_seed = {int(r.data.tags["seed"]): r.data.metrics["test_recall_at_10"] for r in seed_runs}
     assert value["results"]["recall@10"].to_list() == [by_seed[0], by_seed[1]]
@@ -356,7 +356,7 @@ def test_each_method_registers_its_best_seed_as_a_recommender_that_ranks_like_th
 
     home, _ = materialized
     client = MlflowClient(tracking_uri=paths.mlflow_uri(home))
-    value = warehouse.read_object(home / "objects" / "recommender_unisid.pkl")
+    value = warehouse.read_object(home / "objects" / "recommender_unisid.safetensors")
     assert value["registered_model"] == "recommender_unisid/1"
     mv = client.get_model_version("recommender_unisid", "1")
     assert mv.tags["sid_model_version"] == value["sid_model_version"] and mv.tags["seed"] in ("0", "1")
@@ -540,7 +540,7 @@ def test_unisid_recommend_and_evaluate_use_the_registered_recommender(materializ
                  "--model", "models:/recommender_unisid/1", "--tracking-uri", uri]) == 0, capsys.readouterr().err
     report = json_.loads(metrics.read_text())
     seed = int(MlflowClient(tracking_uri=uri).get_model_version("recommender_unisid", "1").tags["seed"])
-    recorded = warehouse.read_object(home / "objects" / "recommender_unisid.pkl")["results"].filter(pl.col("seed") == seed)
+    recorded = warehouse.read_object(home / "objects" / "recommender_unisid.safetensors")["results"].filter(pl.col("seed") == seed)
     assert report["users"] == warehouse.read_table(db, "user_sequences").height
     for k in ("recall@5", "recall@10", "ndcg@10"):
         assert report[k] == pytest.approx(recorded[k][0], abs=1e-4), k

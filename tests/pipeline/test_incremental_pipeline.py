@@ -35,7 +35,7 @@ def test_new_ads_get_sids_from_the_frozen_tokenizer_and_old_sids_stay(home, tmp_
     base = warehouse.read_table(db, "rq_kmeans_catalog_sids")
     assert base.sort("ad_id").equals(warehouse.read_table(db, "rq_kmeans_sids").sort("ad_id"))  # nothing new yet
     assert collision_stats(sid_table_to_array(base, "raw_codes")[1])["n_colliding_items"] > 0  # K=4: SIDs collide
-    model_before = warehouse.read_object(home / "objects" / "rq_kmeans_model.pkl").fingerprint
+    model_before = warehouse.read_object(home / "objects" / "rq_kmeans_model.safetensors").fingerprint
 
     result = defs.resolve_job_def("assign_new_ad_sids").execute_in_process(run_config=_config(grown, inter),
                                                                            instance=instance)
@@ -47,7 +47,7 @@ def test_new_ads_get_sids_from_the_frozen_tokenizer_and_old_sids_stay(home, tmp_
     new = catalog.filter(pl.col("ad_id") > 200)
     assert new["model_version"].unique().to_list() == base["model_version"].unique().to_list()
     # the stored tokenizer was used as it was, not retrained
-    assert warehouse.read_object(home / "objects" / "rq_kmeans_model.pkl").fingerprint == model_before
+    assert warehouse.read_object(home / "objects" / "rq_kmeans_model.safetensors").fingerprint == model_before
     assert not result.asset_materializations_for_node("rq_vae_catalog_sids")  # never trained: skipped, no empty table
     assert not warehouse.has_table(db, "rq_vae_catalog_sids")
     mat = result.asset_materializations_for_node("rq_kmeans_catalog_sids")[0]

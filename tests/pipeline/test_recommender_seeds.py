@@ -59,7 +59,7 @@ def test_a_failed_seed_is_retried_and_resumes_after_its_last_validated_epoch(fla
     kinds = [e.event_type_value for e in result.all_events if e.step_key == step]
     assert "STEP_UP_FOR_RETRY" in kinds and kinds[-1] == "STEP_SUCCESS"
     assert attempts == [[1, 2], [3, 4]]  # epochs 1-2 were checkpointed, not trained again
-    value = warehouse.read_object(home / "objects" / "recommender_rq_kmeans.pkl")
+    value = warehouse.read_object(home / "objects" / "recommender_rq_kmeans.safetensors")
     assert value["results"]["seed"].to_list() == [3] and value["results"]["epochs_run"].to_list() == [4]
 
 

@@ -113,3 +113,69 @@ def test_step_outputs_are_stored_without_pickle_and_a_planted_one_is_refused(hom
     with pytest.raises(warehouse.UnsafeObjectError):
         io.load_input(inp)
     assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------------ shrink guard (item 1)
+ALLOW_YAML = "resources:\n  io_manager:\n    config:\n      allow_shrink: true"
+
+
+def test_a_materialization_that_would_shrink_a_table_to_under_half_fails_and_keeps_it(home):
+    db = paths.warehouse_path(home)
+    cfg = {"ops": {"ingested_tables": {"config": SMALL}}}
+    assert materialize([ingested_tables], resources=resources(home), run_config=cfg,
+                       instance=DagsterInstance.ephemeral()).success
+    before = warehouse.read_table(db, "raw_ads")
+    small = {"ops": {"ingested_tables": {"config": {"synthetic": {"n_ads": 12, "n_users": 20, "n_advertisers": 5}}}}}
+    result = materialize([ingested_tables], resources=resources(home), run_config=small,
+                         instance=DagsterInstance.ephemeral(), raise_on_error=False)
+    assert not result.success
+    text = failure_text(result)
+    assert "table 'raw_ads'" in text and "40 rows" in text and "12 rows" in text, text
+    assert ALLOW_YAML in text  # the fix, as YAML to paste into the run config
+    assert warehouse.read_table(db, "raw_ads").equals(before)  # the old table is kept
+    # run config can allow it for one run
+    allowed = {**small, "resources": {"io_manager": {"config": {"allow_shrink": True}}}}
+    assert materialize([ingested_tables], resources=resources(home), run_config=allowed,
+                       instance=DagsterInstance.ephemeral()).success
+    assert warehouse.read_table(db, "raw_ads").height == 12
+
+
+def test_rejected_and_report_tables_may_shrink_or_empty(home):
+    io = WarehouseIOManager(home=str(home))
+    for name in ("rejected_ads", "sid_collision_report"):
+        io.handle_output(build_output_context(asset_key=AssetKey(name)), pl.DataFrame({"x": list(range(10))}))
+        io.handle_output(build_output_context(asset_key=AssetKey(name)), pl.DataFrame({"x": []}, schema={"x": pl.Int64}))
+        assert warehouse.read_table(paths.warehouse_path(home), name).height == 0
+    # a table that was empty may be replaced by anything; a guarded one may shrink to half
+    io.handle_output(build_output_context(asset_key=AssetKey("t")), pl.DataFrame({"x": []}, schema={"x": pl.Int64}))
+    io.handle_output(build_output_context(asset_key=AssetKey("t")), pl.DataFrame({"x": list(range(10))}))
+    io.handle_output(build_output_context(asset_key=AssetKey("t")), pl.DataFrame({"x": list(range(5))}))
+    with pytest.raises(Exception, match="table 't'.*5 rows.*0 rows"):
+        io.handle_output(build_output_context(asset_key=AssetKey("t")), pl.DataFrame({"x": []}, schema={"x": pl.Int64}))
+    assert warehouse.read_table(paths.warehouse_path(home), "t").height == 5
+
+
+def _bad_ads_config(tmp_path) -> dict:
+    ads = tmp_path / "ads.csv"
+    ads.write_text("ad_id,title\nabc,First\n2,\n2.5,Third\n")  # every row bad: id not an integer, empty title
+    clicks = tmp_path / "clicks.jsonl"
+    clicks.write_text('{"user_id": 1, "ad_id": 1, "timestamp": 1}\n')
+    return {"ops": {"ingested_tables": {"config": {"source": "files", "ads_path": str(ads),
+                                                   "interactions_path": str(clicks)}}}}
+
+
+def test_an_all_rejected_source_fails_ingestion_keeps_raw_ads_and_stores_the_rejects(home, tmp_path):
+    db = paths.warehouse_path(home)
+    assert materialize([ingested_tables], resources=resources(home), run_config={"ops": {"ingested_tables": {
+        "config": SMALL}}}, instance=DagsterInstance.ephemeral()).success
+    before = warehouse.read_table(db, "raw_ads")
+    result = materialize([ingested_tables], resources=resources(home), run_config=_bad_ads_config(tmp_path),
+                         instance=DagsterInstance.ephemeral(), raise_on_error=False)
+    assert not result.success
+    text = failure_text(result)
+    assert "no clean ads" in text and "3 rejected" in text, text
+    assert "line 2" in text and "ad_id" in text  # the first reasons, with their lines
+    assert "rejected_ads" in text and str(db) in text  # where the rejects are
+    assert warehouse.read_table(db, "raw_ads").equals(before)  # the previous good table is untouched
+    rejected = warehouse.read_table(db, "rejected_ads")  # the rejects are not lost
+    assert rejected["line"].to_list() == [2, 3, 4]
