@@ -2,6 +2,7 @@
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import polars as pl
 from dagster import (
     AssetCheckResult,
@@ -102,6 +103,51 @@ def sid_table_check(method: str):
     return _check
 
 
+def sid_utilization_check(method: str):
+    """A check on `<method>_sids`: every level of the raw SIDs uses at least `min_level_utilization` of its codes
+    (distinct codes / (largest code + 1)): a collapsed level (the paper-path UniSID once used 14 codes of 256)
+    makes the SIDs carry little, whatever the recommender does. Severity from `sid_check_thresholds`."""
+
+    @asset_check(asset=AssetKey(f"{method}_sids"), name=f"{method}_sids_utilization",
+                 description="every SID level uses at least min_level_utilization of its codes (collapse check)")
+    def _check(table: pl.DataFrame, sid_check_thresholds: SidCheckThresholds) -> AssetCheckResult:
+        from unisid_pipeline.sid import sid_table_to_array
+
+        floor = sid_check_thresholds.min_level_utilization
+        _, raw = sid_table_to_array(table, "raw_codes")
+        usage = {}
+        if raw.size:
+            size = int(raw.max()) + 1
+            usage = {f"l{i + 1}": round(len(np.unique(raw[:, i])) / size, 4) for i in range(raw.shape[1])}
+        low = {k: v for k, v in usage.items() if v < floor}
+        return AssetCheckResult(passed=bool(usage) and not low,
+                                severity=AssetCheckSeverity[sid_check_thresholds.utilization_severity],
+                                metadata={"utilization": MetadataValue.json(usage), "floor": floor,
+                                          "below_floor": MetadataValue.json(low)})
+
+    return _check
+
+
+def tokenizer_model_check(method: str):
+    """A blocking check on `<method>_model`: its weights are finite. A diverged tokenizer (NaN or infinite weights)
+    would still emit codes, all alike; this stops its SID table and everything after it."""
+
+    @asset_check(asset=AssetKey(f"{method}_model"), name=f"{method}_model_finite", blocking=True,
+                 description="every weight of the tokenizer is finite (blocking: stops its SID table)")
+    def _check(trained) -> AssetCheckResult:
+        import torch
+
+        n = bad = 0
+        for t in trained.model.state_dict().values():
+            if torch.is_floating_point(t):
+                n += t.numel()
+                bad += int((~torch.isfinite(t)).sum())
+        return AssetCheckResult(passed=n > 0 and bad == 0,
+                                metadata={"weights": n, "non_finite": bad, "version": trained.version})
+
+    return _check
+
+
 @asset_check(asset=AssetKey("ad_summaries"), description="share of ads whose summary fell back to the marker text")
 def summaries_fallback_share(ad_summaries: pl.DataFrame, sid_check_thresholds: SidCheckThresholds) -> AssetCheckResult:
     from unisid_pipeline.llm.summarizer import FALLBACK_SUMMARY
@@ -137,4 +183,5 @@ def codebook_utilization_floor(sid_collision_report: pl.DataFrame, sid_check_thr
 
 ASSETS = [sid_collision_report]
 CHECKS = [sids_collision_free, codebook_utilization_floor, summaries_fallback_share,
-          *[sid_table_check(m) for m in SID_METHODS]]
+          *[sid_table_check(m) for m in SID_METHODS], *[sid_utilization_check(m) for m in SID_METHODS],
+          *[tokenizer_model_check(m) for m in SID_METHODS]]

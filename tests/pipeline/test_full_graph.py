@@ -489,8 +489,11 @@ def test_asset_checks_guard_the_sid_tables_and_the_summaries(materialized):
     _, result = materialized
     evals = {e.event_specific_data.check_name: e.event_specific_data.passed
              for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
-    for name in ("rq_kmeans_sids_distinct", "rq_vae_sids_distinct", "unisid_sids_distinct", "summaries_fallback_share"):
+    for name in ("rq_kmeans_sids_distinct", "rq_vae_sids_distinct", "unisid_sids_distinct", "summaries_fallback_share",
+                 "rq_kmeans_model_finite", "rq_vae_model_finite", "unisid_model_finite"):
         assert evals.get(name) is True, (name, evals)
+    for method in ("rq_kmeans", "rq_vae", "unisid"):  # evaluated on every SID table (the demo's tiny codebooks pass)
+        assert f"{method}_sids_utilization" in evals, evals
 
 
 def test_a_sid_table_with_shared_sids_fails_its_blocking_check():
@@ -501,6 +504,26 @@ def test_a_sid_table_with_shared_sids_fails_its_blocking_check():
     result = check(table)
     assert result.passed is False and result.metadata["ads_sharing_a_sid"].value == 1
     assert check.check_specs_by_output_name and all(s.blocking for s in check.check_specs)
+
+
+def test_a_collapsed_sid_level_fails_its_utilization_check_and_a_diverged_tokenizer_blocks():
+    import torch
+
+    from assets.analysis import SidCheckThresholds, sid_utilization_check, tokenizer_model_check
+    from unisid_pipeline.artifacts import TrainedTokenizer
+
+    # level 1 uses 1 code of 256, level 2 all 256
+    table = pl.DataFrame({"ad_id": list(range(256)), "raw_codes": [[0, i] for i in range(256)],
+                          "codes": [[0, i] for i in range(256)]})
+    result = sid_utilization_check("unisid")(table, SidCheckThresholds())
+    assert result.passed is False and result.metadata["below_floor"].value == {"l1": 0.0039}
+    model = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    check = tokenizer_model_check("rq_vae")
+    result = check(TrainedTokenizer(method="rq_vae", model=model, fingerprint="f"))
+    assert result.passed is False and result.metadata["non_finite"].value == 1
+    assert all(s.blocking for s in check.check_specs)
 
 
 def test_unisid_recommend_and_evaluate_use_the_registered_recommender(materialized, tmp_path, capsys):
