@@ -24,15 +24,30 @@ from assets.resources import MlflowTracking
 from unisid_pipeline import paths
 from unisid_pipeline.data.ingest import IngestionConfig, ingest
 from unisid_pipeline.data.sequences import build_user_sequences
+from unisid_pipeline.table_diff import TableChange, compare_with_stored
 
 GROUP = "ingestion"
 KINDS = {"polars", "duckdb", "mlflow"}
 
 
+def _change_metadata(change: TableChange) -> dict:
+    """raw_ads metadata of a re-run: counts of added / removed / changed ads, the changed fields, a sample, and
+    where the previous version is (with the one-liner that restores it)."""
+    sample = change.changes.head(10).with_columns(pl.col("fields").list.join(", "))
+    return {"ads_added": change.summary["added"], "ads_removed": change.summary["removed"],
+            "ads_changed": change.summary["changed"],
+            "changed_fields": ", ".join(f"{k}: {v:,}" for k, v in change.summary["fields"].items()) or "none",
+            "changes_sample": MetadataValue.md(markdown_table(sample) if sample.height else "no changes"),
+            "changes_table": f"{change.db}::raw_ads_changes",
+            "previous_version": change.recover if change.changes.height else
+            f"no change in this run; table raw_ads_previous in {change.db}, where present, holds the version before "
+            "the last change"}
+
+
 def _no_clean_ads(rejected: pl.DataFrame, info: dict, mlflow: MlflowTracking, meta: dict, stored: bool) -> Failure:
     """The failure of an ingestion that found no clean ad: the first rejects' reasons and where all of them are
     (they were stored before it is raised); raw_ads and ad_interactions keep their previous version."""
-    db = paths.warehouse_path(paths.project_home(mlflow.home or None))
+    db = paths.warehouse_path(paths.project_home(mlflow.home or None))  # the IO manager's: same home
     first = "; ".join(f"line {r['line']} {r['field']}: {r['reason']}" for r in rejected.head(3).iter_rows(named=True))
     run_id = meta.get("mlflow_run_id")
     where = " and ".join([*([f"warehouse table rejected_ads in {db}"] if stored else []),
@@ -96,9 +111,19 @@ def ingested_tables(context: AssetExecutionContext, config: Ingestion, mlflow: M
     selected = context.op_execution_context.selected_output_names
     if "raw_ads" in selected and not result.raw_ads.height:
         selected = [n for n in selected if n.startswith("rejected_")]  # stored, then the step fails (below)
+    db = paths.warehouse_path(paths.project_home(mlflow.home or None))
+    change = compare_with_stored(db, "raw_ads", result.raw_ads, "ad_id") if "raw_ads" in selected else None
+    if change is not None:  # a re-run: what it changes in raw_ads (recorded once raw_ads is replaced, below)
+        outputs["raw_ads"][1].update(_change_metadata(change))
     for name in selected:
         value, metadata = outputs[name]
         yield Output(value, name, metadata=readable({**metadata, **meta}))
+        if name == "raw_ads" and change is not None:  # stored: keep the old version, record the changes
+            change.keep()
+            if change.changes.height:
+                context.log.info(f"raw_ads: {change.summary['added']:,} ads added, {change.summary['removed']:,} "
+                                 f"removed, {change.summary['changed']:,} changed (table raw_ads_changes); "
+                                 f"{change.recover}")
     if "raw_ads" in context.op_execution_context.selected_output_names and not result.raw_ads.height:
         raise _no_clean_ads(result.rejected_ads, info, mlflow, meta, stored="rejected_ads" in selected)
 

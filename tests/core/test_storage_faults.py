@@ -192,3 +192,53 @@ def test_a_planted_pickle_as_training_checkpoint_is_refused_never_unpickled(tmp_
     assert not marker.exists(), "the planted checkpoint ran"
     msg = str(err.value)
     assert str(ckdir / CHECKPOINT_NAME) in msg and "delete it" in msg
+
+
+# ------------------------------------------------------------------------------ table changes (item 2)
+def test_diff_tables_names_added_removed_and_changed_ads_and_their_fields():
+    from unisid_pipeline import table_diff
+
+    old = pl.DataFrame({"ad_id": [1, 2, 3, 4], "title": ["a", "b", "c", "d"], "price": [1.0, float("nan"), None, 4.0],
+                        "category_path": [["x"], ["x", "y"], None, ["z"]]})
+    new = pl.DataFrame({"ad_id": [5, 4, 2, 1], "title": ["e", "d", "B", "a"], "price": [5.0, 4.5, float("nan"), 1.0],
+                        "category_path": [["q"], ["z", "w"], ["x", "y"], ["x"]]})
+    changes = table_diff.diff_tables(old, new, "ad_id")
+    assert changes.schema == {"ad_id": pl.Int64, "change": pl.Utf8, "fields": pl.List(pl.Utf8)}
+    assert changes.rows() == [(2, "changed", ["title"]), (3, "removed", []), (4, "changed", ["price", "category_path"]),
+                              (5, "added", [])]
+    assert table_diff.diff_tables(old, old.reverse(), "ad_id").height == 0  # row order is no change
+    # a column that appears: a change of every ad that has a value in it
+    more = old.with_columns(brand=pl.Series([None, "b", None, None], dtype=pl.Utf8))
+    assert table_diff.diff_tables(old, more, "ad_id").rows() == [(2, "changed", ["brand"])]
+    summary = table_diff.summarize(changes)
+    assert (summary["added"], summary["removed"], summary["changed"]) == (1, 1, 2)
+    assert summary["fields"] == {"title": 1, "price": 1, "category_path": 1}
+
+
+def test_replacing_a_table_keeps_its_previous_version_and_records_the_changes(tmp_path):
+    import duckdb
+
+    from unisid_pipeline import table_diff
+
+    db = tmp_path / "w.duckdb"
+    v1 = pl.DataFrame({"ad_id": [1, 2, 3], "title": ["a", "b", "c"]})
+    assert table_diff.compare_with_stored(db, "raw_ads", v1, "ad_id") is None  # nothing stored yet
+    warehouse.write_table(db, "raw_ads", v1)
+    v2 = pl.DataFrame({"ad_id": [1, 2, 4], "title": ["a", "B", "d"]})
+    change = table_diff.compare_with_stored(db, "raw_ads", v2, "ad_id")
+    assert change.summary["changed"] == 1 and change.summary["added"] == 1 and change.summary["removed"] == 1
+    warehouse.write_table(db, "raw_ads", v2)
+    change.keep(db)
+    assert warehouse.read_table(db, "raw_ads_previous").equals(v1)
+    assert warehouse.read_table(db, "raw_ads_changes").rows() == [(2, "changed", ["title"]), (3, "removed", []),
+                                                                 (4, "added", [])]
+    # the recovery one-liner given to the user works
+    assert "raw_ads_previous" in change.recover
+    duckdb.connect(str(db)).execute(change.recover_sql).close()
+    assert warehouse.read_table(db, "raw_ads").equals(v1)
+    # an unchanged re-run records no change and keeps the older generation
+    warehouse.write_table(db, "raw_ads", v2)
+    same = table_diff.compare_with_stored(db, "raw_ads", v2, "ad_id")
+    same.keep(db)
+    assert warehouse.read_table(db, "raw_ads_changes").height == 0
+    assert warehouse.read_table(db, "raw_ads_previous").equals(v1)

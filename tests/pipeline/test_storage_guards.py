@@ -179,3 +179,41 @@ def test_an_all_rejected_source_fails_ingestion_keeps_raw_ads_and_stores_the_rej
     assert warehouse.read_table(db, "raw_ads").equals(before)  # the previous good table is untouched
     rejected = warehouse.read_table(db, "rejected_ads")  # the rejects are not lost
     assert rejected["line"].to_list() == [2, 3, 4]
+
+
+# ------------------------------------------------------------------------ changed ads on re-run (item 2)
+def _files_config(tmp_path, name: str, ads_csv: str) -> dict:
+    ads = tmp_path / f"{name}.csv"
+    ads.write_text(ads_csv)
+    clicks = tmp_path / f"{name}_clicks.jsonl"
+    clicks.write_text('{"user_id": 1, "ad_id": 1, "timestamp": 1}\n{"user_id": 1, "ad_id": 2, "timestamp": 2}\n')
+    return {"ops": {"ingested_tables": {"config": {"source": "files", "ads_path": str(ads),
+                                                   "interactions_path": str(clicks)}}}}
+
+
+def test_reingesting_changed_ads_records_the_changes_and_keeps_the_previous_version(home, tmp_path):
+    import duckdb
+
+    db = paths.warehouse_path(home)
+    v1 = _files_config(tmp_path, "v1", "ad_id,title,price\n1,Shoes,10\n2,Hat,5\n3,Scarf,7\n")
+    assert materialize([ingested_tables], resources=resources(home), run_config=v1,
+                       instance=DagsterInstance.ephemeral()).success
+    first = warehouse.read_table(db, "raw_ads")
+    v2 = _files_config(tmp_path, "v2", "ad_id,title,price\n1,Shoes,10\n2,Red hat,6\n4,Gloves,3\n")
+    result = materialize([ingested_tables], resources=resources(home), run_config=v2,
+                         instance=DagsterInstance.ephemeral())
+    assert result.success
+    [mat] = [m for m in result.asset_materializations_for_node("ingested_tables") if m.asset_key == AssetKey("raw_ads")]
+    meta = {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
+    assert (meta["ads_added"], meta["ads_removed"], meta["ads_changed"]) == (1, 1, 1)
+    assert "| 2 | changed | title, price |" in meta["changes_sample"]
+    assert "raw_ads_previous" in meta["previous_version"] and str(db) in meta["previous_version"]
+    changes = warehouse.read_table(db, "raw_ads_changes")
+    assert changes.rows() == [(2, "changed", ["title", "price"]), (3, "removed", []), (4, "added", [])]
+    assert warehouse.read_table(db, "raw_ads_previous").equals(first)
+    # the documented recovery gives the previous version back
+    sql = meta["previous_version"].split("duckdb ", 1)[1]
+    assert "CREATE OR REPLACE TABLE raw_ads AS SELECT * FROM raw_ads_previous" in sql
+    with duckdb.connect(str(db)) as con:
+        con.execute("CREATE OR REPLACE TABLE raw_ads AS SELECT * FROM raw_ads_previous")
+    assert warehouse.read_table(db, "raw_ads").equals(first)
