@@ -111,6 +111,17 @@ def test_parquet_struct_list_bool_number_in_text_fields_are_rejected(tmp_path):
     assert "expected text" in got[0][3]
 
 
+def test_parquet_nested_or_scalar_values_where_the_other_belongs_are_rejected_not_a_crash(tmp_path):
+    # Found by the fuzz test below: polars raised (could not cast) and the whole ingestion crashed.
+    table = pa.table({"ad_id": pa.array([["1"], None], pa.list_(pa.string())), "title": ["a", "b"],
+                      "image_features": pa.array([None, 3], pa.int64())})
+    res = run(tmp_path, "ads.parquet", table)
+    got = rejects(res.rejected_ads)
+    assert [g[1:3] for g in got] == [(1, "ad_id"), (2, "ad_id")]
+    assert "ad_id has type List(String), expected an integer" in got[0][3]
+    assert "ad_id is missing" in got[1][3] and "image_features has type Int64, expected a list of floats" in got[1][3]
+
+
 # 2c. Lone surrogates and invalid UTF-8 -------------------------------------------------------------------------
 
 def test_jsonl_lone_surrogate_escape_rejects_its_line(tmp_path):
@@ -359,3 +370,96 @@ def test_symlinked_inputs_are_refused_unless_follow_symlinks(inbox, tmp_path):
         assert ingest(_cfg(inbox, path, allowed_roots=roots, follow_symlinks=True)).raw_ads.height >= 1
     with pytest.raises(InputFileError, match="outside the allowed input folders"):  # a link out of the roots
         ingest(_cfg(inbox, inbox / "outside.csv", allowed_roots=roots, follow_symlinks=True))
+
+
+# 7. Fuzz: random malformed files never crash ingestion ---------------------------------------------------------------
+
+import datetime as _dt  # noqa: E402
+import tempfile  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+NAMES = ["ad_id", "title", "description", "brand", "price", "category_path", "image_features", "landing_type",
+         "_line", "__x", "descripton", "Price", "extra"]
+KINDS = ["int", "float", "str", "bool", "struct", "list_str", "list_float", "datetime", "date", "binary", "bad_utf8", "null"]
+
+
+def _column(kind: str, n: int, draw) -> pa.Array:
+    nulls = draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    ints = draw(st.lists(st.integers(-(2**63), 2**63 - 1), min_size=n, max_size=n))
+    def mask(values):
+        return [None if z else v for v, z in zip(values, nulls)]
+    if kind == "int":
+        return pa.array(mask(ints), pa.int64())
+    if kind == "float":
+        return pa.array(mask([draw(st.floats(allow_nan=True)) for _ in range(n)]), pa.float64())
+    if kind == "str":
+        return pa.array(mask([draw(st.text(max_size=8)).encode("utf-8", "replace").decode() for _ in range(n)]), pa.string())
+    if kind == "bool":
+        return pa.array(mask([i % 2 == 0 for i in ints]), pa.bool_())
+    if kind == "struct":
+        return pa.array(mask([{"a": i} for i in ints]), pa.struct([("a", pa.int64())]))
+    if kind == "list_str":
+        return pa.array(mask([["A", "" if i % 3 == 0 else "B"] for i in ints]), pa.list_(pa.string()))
+    if kind == "list_float":
+        return pa.array(mask([[float(i % 7)] * (1 + i % 2) for i in ints]), pa.list_(pa.float32()))
+    if kind == "datetime":
+        return pa.array(mask([_dt.datetime(2024, 1, 1) + _dt.timedelta(seconds=i % 10**6) for i in ints]), pa.timestamp("us"))
+    if kind == "date":
+        return pa.array(mask([_dt.date(2024, 1, 1 + i % 28) for i in ints]), pa.date32())
+    if kind in ("binary", "bad_utf8"):
+        values = pa.array(mask([b"ok" if kind == "binary" or i % 2 else b"\xff\xfe" for i in ints]), pa.binary())
+        return values.view(pa.string()) if kind == "bad_utf8" and n % 2 else values
+    return pa.nulls(n)
+
+
+@st.composite
+def parquet_tables(draw):
+    n = draw(st.integers(0, 6))
+    names = draw(st.lists(st.sampled_from(NAMES), min_size=1, max_size=6, unique=True))
+    return pa.table({name: _column(draw(st.sampled_from(KINDS)), n, draw) for name in names})
+
+
+def _ingest_or_file_error(ads_path: Path, clicks_path: Path):
+    try:
+        return ingest(IngestionConfig(source="files", ads_path=str(ads_path), interactions_path=str(clicks_path)))
+    except InputFileError as exc:
+        assert exc.path in (str(ads_path), str(clicks_path)) and str(ads_path.parent) in str(exc)
+        return None
+
+
+@FUZZ
+@given(table=parquet_tables())
+def test_random_malformed_parquet_is_refused_or_fully_accounted(table):
+    with tempfile.TemporaryDirectory(dir=os.environ["UNISID_INPUT_ROOTS"].split(os.pathsep)[-1]) as tmp:
+        ads, clicks = _files(Path(tmp), "ads.parquet", table)
+        res = _ingest_or_file_error(ads, clicks)
+        if res is not None:
+            assert res.info["ads_in"] == table.num_rows == res.raw_ads.height + res.rejected_ads.height
+
+
+SEED_FILES = {
+    "ads.csv": b'ad_id,title,price,image_features\n1,"a, b",2.5,"[1, 2]"\n2,t\xc3\xa9,,\n3,"q""x",1,[3]\n',
+    "ads.jsonl": b'{"ad_id": 1, "title": "a", "category_path": ["A", "B"]}\n{"ad_id": 2, "title": "\\u00e9", "price": 1}\n',
+    "ads.json": b'[{"ad_id": 1, "title": "a"}, {"ad_id": 2, "title": "b", "brand": "c"}]',
+}
+
+
+@FUZZ
+@given(name=st.sampled_from(sorted(SEED_FILES)), edits=st.lists(
+    st.tuples(st.integers(0, 10**6), st.sampled_from([b"", b'"', b",", b"\n", b"{", b"[", b"\\", b"\xff", b"_line",
+                                                      b"\\ud800", b'"title":1,', b"\x00", b"\r\n", b"}"])),
+    min_size=1, max_size=6))
+def test_random_byte_mutations_of_text_files_are_refused_or_fully_accounted(name, edits):
+    data = bytearray(SEED_FILES[name])
+    for pos, insert in edits:
+        pos %= len(data) + 1
+        data[pos:pos + (1 if insert == b"" else 0)] = insert  # b"" deletes a byte
+    with tempfile.TemporaryDirectory(dir=os.environ["UNISID_INPUT_ROOTS"].split(os.pathsep)[-1]) as tmp:
+        ads, clicks = _files(Path(tmp), name, bytes(data))
+        res = _ingest_or_file_error(ads, clicks)
+        if res is not None:
+            assert res.info["ads_in"] == res.raw_ads.height + res.rejected_ads.height
+            assert set(res.rejected_ads["source"]) <= {str(ads)}

@@ -89,11 +89,19 @@ def _coerce(frame: pl.DataFrame, schema: dict[str, pl.DataType]) -> tuple[pl.Dat
                 typed[name] = pl.col(f"__{name}").cast(dtype)
                 errors[name] = pl.when(pl.col(f"__{name}_bad")).then(
                     pl.lit(f"{name} is not a JSON list of finite numbers (NaN and Infinity are not allowed); write it like [0.1, 0.2]"))
-            else:
+            elif isinstance(src, (pl.List, pl.Array)):
                 cast = col.cast(dtype, strict=False)
                 typed[name] = cast
                 errors[name] = pl.when(col.is_not_null() & cast.is_null()).then(
                     pl.lit(f"{name} has type {src}, expected a list of floats"))
+            else:  # a number, struct, date ... is not a vector (and polars cannot cast it to one)
+                typed[name] = pl.lit(None, dtype=dtype)
+                errors[name] = pl.when(col.is_not_null()).then(pl.lit(f"{name} has type {src}, expected a list of floats"))
+            continue
+        kind = "text" if dtype == pl.Utf8 else "an integer" if dtype.is_integer() else "a number"
+        if src.is_nested():  # a struct or list where a scalar belongs (polars could not even cast it)
+            typed[name] = pl.lit(None, dtype=dtype)
+            errors[name] = pl.when(col.is_not_null()).then(pl.lit(f"{name} has type {src}, expected {kind}"))
             continue
         source_expr = col.str.strip_chars() if src == pl.Utf8 and dtype != pl.Utf8 else col
         cast = source_expr.cast(dtype, strict=False)
@@ -106,7 +114,6 @@ def _coerce(frame: pl.DataFrame, schema: dict[str, pl.DataType]) -> tuple[pl.Dat
                     f"{name} has type {src}, expected text; write {name} as a string"))
             continue
         typed[name] = cast
-        kind = "an integer" if dtype.is_integer() else "a number" if dtype.is_numeric() else str(dtype)
         failed = cast.is_null()
         if dtype.is_integer() and src.is_float():
             failed = failed | (cast.cast(src) != col)  # a float cast to an integer truncates: 2.5 would become 2
