@@ -8,10 +8,27 @@ HOME_ENV = "UNISID_HOME"
 
 
 def project_home(explicit: str | os.PathLike | None = None) -> Path:
-    """Resolve the home folder: `explicit`, else $UNISID_HOME, else ./.unisid_home; absolute, created."""
+    """Resolve the home folder: `explicit`, else $UNISID_HOME, else ./.unisid_home; absolute, created, writable.
+
+    A home that cannot be created or written raises PermissionError / NotADirectoryError naming the folder and
+    the fix, before any store (DuckDB, MLflow's sqlite) fails on it with its own bare error."""
     raw = explicit or os.environ.get(HOME_ENV) or ".unisid_home"
     home = Path(raw).expanduser().resolve()
-    home.mkdir(parents=True, exist_ok=True)
+    fix = f"or set {HOME_ENV} to a writable folder (export {HOME_ENV}=/path/to/folder)"
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise NotADirectoryError(f"project home {home} is not a folder (a file is in its place or on its path): "
+                                 f"move that file, {fix}") from None
+    except PermissionError:
+        parent = next((p for p in home.parents if p.exists()), home.parent)
+        raise PermissionError(f"project home {home} cannot be created: {parent} is not writable. Fix: create it "
+                              f"(mkdir -p {home}) as a user who may, {fix}") from None
+    if not home.is_dir():
+        raise NotADirectoryError(f"project home {home} is not a folder: {fix}")
+    if not os.access(home, os.W_OK | os.X_OK):
+        raise PermissionError(f"project home {home} is not writable (the warehouse, the MLflow store, checkpoints and "
+                              f"caches are written there). Fix: chmod u+w {home} (or chown it to this user), {fix}")
     return home
 
 

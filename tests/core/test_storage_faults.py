@@ -242,3 +242,40 @@ def test_replacing_a_table_keeps_its_previous_version_and_records_the_changes(tm
     same.keep(db)
     assert warehouse.read_table(db, "raw_ads_changes").height == 0
     assert warehouse.read_table(db, "raw_ads_previous").equals(v1)
+
+
+# ------------------------------------------------------------------------------- read-only home (item 4)
+def read_only(folder, monkeypatch) -> None:
+    """chmod 0o555 `folder`; as root (where chmod does not stop writes) os.access is made to say what it would."""
+    folder.chmod(0o555)
+    if os.access(folder, os.W_OK):  # root: simulate
+        real = os.access
+        monkeypatch.setattr(paths.os, "access", lambda p, mode, **k: False if (
+            os.fspath(p) == os.fspath(folder) and mode & os.W_OK) else real(p, mode, **k))
+
+
+def test_a_read_only_home_fails_with_one_clear_message(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    read_only(home, monkeypatch)
+    try:
+        with pytest.raises(PermissionError) as err:
+            paths.project_home(home)
+        msg = str(err.value)
+        assert str(home) in msg and "not writable" in msg
+        assert f"chmod u+w {home}" in msg and "UNISID_HOME" in msg
+        monkeypatch.setenv("UNISID_HOME", str(home))
+        with pytest.raises(PermissionError, match="not writable"):
+            paths.project_home()
+    finally:
+        home.chmod(0o755)
+
+
+def test_a_home_that_is_a_file_or_under_one_fails_with_one_clear_message(tmp_path):
+    afile = tmp_path / "not_a_folder"
+    afile.write_text("x")
+    for home in (afile, afile / "home"):
+        with pytest.raises(NotADirectoryError) as err:
+            paths.project_home(home)
+        msg = str(err.value)
+        assert str(home) in msg and "UNISID_HOME" in msg and "not a folder" in msg

@@ -217,3 +217,19 @@ def test_reingesting_changed_ads_records_the_changes_and_keeps_the_previous_vers
     with duckdb.connect(str(db)) as con:
         con.execute("CREATE OR REPLACE TABLE raw_ads AS SELECT * FROM raw_ads_previous")
     assert warehouse.read_table(db, "raw_ads").equals(first)
+
+
+# ------------------------------------------------------------------------------- read-only home (item 4)
+def test_a_read_only_home_fails_the_run_with_one_clear_message(home, monkeypatch):
+    from test_storage_faults import read_only
+
+    read_only(home, monkeypatch)
+    try:
+        result = materialize([ingested_tables], resources=resources(home), run_config={"ops": {"ingested_tables": {
+            "config": SMALL}}}, instance=DagsterInstance.ephemeral(), raise_on_error=False)
+        assert not result.success
+        text = failure_text(result)
+        assert f"project home {home} is not writable" in text and "UNISID_HOME" in text, text
+        assert "sqlite" not in text.lower() and "duckdb.duckdb" not in text.lower()  # no bare store error
+    finally:
+        home.chmod(0o755)
