@@ -38,10 +38,10 @@ def main() -> None:
     quiet = ("import warnings; warnings.filterwarnings('ignore', message='Function `asset_materialize_command` is superseded'); "
              "warnings.filterwarnings('ignore', message='Parameter `include_sources` of function')")
     # A fresh Dagster home gets its storages once, under a lock, before any program of the venv uses it: two
-    # commands started at once on it would otherwise race Dagster's schema set-up (unisid_pipeline/dagster_home.py).
+    # commands started at once on it would otherwise race Dagster's schema set-up (assets/dagster_home.py).
     ready = ("os.path.exists(os.path.join(os.environ['DAGSTER_HOME'], '.unisid-instance-ready')) or "
-             "__import__('importlib.util').util.find_spec('unisid_pipeline') is None or "
-             "__import__('unisid_pipeline.dagster_home').dagster_home.ensure_instance_at_start_up()")
+             "__import__('importlib.util').util.find_spec('assets.dagster_home') is None or "
+             "__import__('assets.dagster_home').dagster_home.ensure_instance_at_start_up()")
     pth.write_text(f"import os; {body}; {quiet}; {ready}\n")
     activate = Path(sys.prefix) / "bin" / "activate"
     text = activate.read_text()

@@ -1,6 +1,6 @@
 """Several commands started at once on a fresh Dagster home never corrupt its storages.
 
-Without the venv's start-up hook (`unisid_pipeline.dagster_home`), four processes opening a fresh home at once left
+Without the venv's start-up hook (`assets.dagster_home`), four processes opening a fresh home at once left
 one of its sqlite databases with two schema heads in about one round of three here, after which every command failed
 with "Version table 'alembic_version' has more than one head present".
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from unisid_pipeline.dagster_home import READY
+from assets.dagster_home import READY
 
 REPO = Path(__file__).resolve().parents[2]
 OPEN = "from dagster import DagsterInstance; i = DagsterInstance.get(); i.get_runs(limit=1); print('ok')"

@@ -37,7 +37,7 @@ def ensure_instance(dagster_home: str | os.PathLike) -> bool:
             instance.get_runs(limit=1)
             instance.get_asset_keys()
             instance.all_instigator_state()
-        (home / READY).write_text("created by unisid_pipeline.dagster_home.ensure_instance\n")
+        (home / READY).write_text("created by assets.dagster_home.ensure_instance\n")
         return True
 
 
