@@ -9,6 +9,10 @@ The inputs come from bench/beauty_prepare.py (ads, sequences, title embeddings, 
 
     python bench/beauty_benchmark.py all --data bench/out/beauty --out bench/out/beauty_results \
         --device cuda --backbone <MiniLM folder> --seeds 0 1 2
+    python bench/beauty_benchmark.py summarize --out <folder of rec_*.json> [--also <folder> ...] [--group table]
+
+The comparison table (train, summarize) is also logged to the MLflow experiment `benchmarks` with every run's
+results as downstream.parquet (bench/report.py; --no-mlflow skips it, here and in the recommender runs it starts).
 """
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ import polars as pl
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench.report import add_report_args, emit  # noqa: E402
 
 METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
 PUBLISHED = {  # DESIGN.md §3, same protocol
@@ -153,6 +159,8 @@ def train(args) -> None:
                 cmd.append("--no-user-token")
             if args.bf16:
                 cmd.append("--bf16")
+            if args.no_mlflow:
+                cmd.append("--no-mlflow")
             if args.compile:
                 cmd += ["--compile", "--compile-mode", args.compile_mode]
                 if args.rec_compile_length_step:
@@ -192,12 +200,14 @@ def summarize(args) -> None:
         pl.len().alias("seeds"), *[pl.format("{} ± {}", pl.col(m).mean().round(4), pl.col(m).std().fill_null(0).round(4)).alias(m)
                                    for m in METRICS], pl.col("epochs_run").mean().alias("epochs"), pl.col("train_s").mean().round(0))
     print(df.sort("method", "seed"))
-    print("| method | seeds | R@5 | R@10 | N@5 | N@10 |\n|---|---|---|---|---|---|")
-    for r in agg.iter_rows(named=True):
-        print(f"| {r['method']} (ours) | {r['seeds']} | " + " | ".join(r[m] for m in METRICS) + " |")
-    for name, vals in PUBLISHED.items():
-        print(f"| {name} | - | " + " | ".join(f"{v:.4f}" for v in vals) + " |")
+    table = [{"method": f"{r['method']} (ours)", "seeds": r["seeds"], **dict(zip(("R@5", "R@10", "N@5", "N@10"),
+                                                                                 (r[m] for m in METRICS)))}
+             for r in agg.iter_rows(named=True)]
+    table += [{"method": name, "seeds": None, **dict(zip(("R@5", "R@10", "N@5", "N@10"), vals))}
+              for name, vals in PUBLISHED.items()]
     df.write_parquet(out / "downstream.parquet")
+    emit("beauty_benchmark", table, args=args, params={"runs": df.height},
+         artifacts=[out / "downstream.parquet"])
 
 
 def main() -> None:
@@ -257,6 +267,7 @@ def main() -> None:
     ap.add_argument("--rec-max-seconds", type=float, default=None, help="training time budget of each recommender run")
     ap.add_argument("--sids-dir", default=None, help="read sids_<method>_s<seed>.parquet from here (default: --out)")
     ap.add_argument("--eval-batch-size", type=int, default=256)
+    add_report_args(ap)
     args = ap.parse_args()
     if args.stage in ("tokenize", "all"):
         tokenize(args)

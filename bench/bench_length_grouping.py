@@ -8,6 +8,7 @@ alike), and prints a table: seconds per epoch, training loss per epoch, test R@1
         --sids <sids_rq_kmeans_s0.parquet> --users 4000 --epochs 4 --pools 1 8 --seeds 0
 
 Default model: the demo's 2+2-layer, d_model 64 T5 (the TIGER size costs minutes per epoch on a CPU).
+The table is also logged to the MLflow experiment `benchmarks` (bench/report.py; --no-mlflow skips it).
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.report import add_report_args, emit  # noqa: E402
 
 
 def one_run(args: argparse.Namespace) -> None:
@@ -52,6 +55,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--pool", type=int, help=argparse.SUPPRESS)  # internal: one run
     ap.add_argument("--seed", type=int, help=argparse.SUPPRESS)
+    add_report_args(ap)
     args = ap.parse_args()
     if args.pool is not None:
         one_run(args)
@@ -66,14 +70,11 @@ def main() -> None:
         if proc.returncode != 0:
             raise SystemExit(f"run pool={p} seed={s} failed with rc={proc.returncode}")
         rows.append(json.loads(out.strip().splitlines()[-1]))
-    print(f"\n{args.users} users, batch {args.batch_size}, T5 2+2 d64, device {args.device}, "
-          f"{len(procs)} runs at once\n")
-    print("| length_pool_batches | seed | s / epoch (mean) | train loss per epoch | test R@10 | test N@10 |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        mean_s = sum(r["epoch_s"]) / len(r["epoch_s"])
-        loss = " / ".join(f"{x:.3f}" for x in r["loss"])
-        print(f"| {r['pool']} | {r['seed']} | {mean_s:.1f} | {loss} | {r['test_r10']:.4f} | {r['test_n10']:.4f} |")
+    emit("bench_length_grouping",
+         [{"length_pool_batches": r["pool"], "seed": r["seed"], "s / epoch (mean)": sum(r["epoch_s"]) / len(r["epoch_s"]),
+           "train loss per epoch": r["loss"], "test R@10": r["test_r10"], "test N@10": r["test_n10"]} for r in rows],
+         args=args, title=f"\n{args.users} users, batch {args.batch_size}, T5 2+2 d64, device {args.device}, "
+                          f"{len(procs)} runs at once")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ Prints a markdown table: test R@1/5/10/20, N@5/10, MRR, training time, beam-sear
 
 Without a pipeline run, ``--beauty-txt ../shared/data/amazon-beauty-2014/sequential_data.txt
 --random-sids 3x256`` builds user_sequences from the raw Beauty file and random collision-free SIDs
-(a sanity/throughput check only: random SIDs carry no semantics).
+(a sanity/throughput check only: random SIDs carry no semantics). The table is also logged to the MLflow
+experiment `benchmarks` (bench/report.py; --no-mlflow skips it), with the --json-out file when given.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ import numpy as np
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.report import add_report_args, emit  # noqa: E402
 
 
 # model-size flags -> RecommenderConfig fields (e.g. a capacity variant of a recipe: "--d-model 256 --d-ff 2048")
@@ -112,6 +115,7 @@ def main() -> None:
                    help="with --bf16: also rank the test split decoding in fp32 from the same weights (JSON test_fp32)")
     p.add_argument("--save", help="write the trained model checkpoint (torch.save) here")
     p.add_argument("--json-out", help="also write the test/valid metrics and run facts as JSON here")
+    add_report_args(p)
     args = p.parse_args()
     if args.extra_test_fp32 and not args.bf16:
         p.error("--extra-test-fp32 compares fp32 with bf16 decoding: give --bf16 too (without it the test split is decoded in fp32 already)")
@@ -172,19 +176,16 @@ def main() -> None:
     evaluated = [r for r in history if r["evaluated"]]
     best = max(evaluated, key=lambda r: (r["valid_recall@10"], r["valid_ndcg@10"]))
     dev = torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else "cpu"
-    print(f"\nSIDs: {sid_name}; users {len(seqs)}; items {model.vocab.n_items}; SID length {model.vocab.n_levels}; "
-          f"device {dev}; bf16 {args.bf16}; compile {args.compile and args.compile_mode}; seed {args.seed}")
-    print(f"epochs run {len(history)} (best {best['epoch']}), batch {args.batch_size}, lr {args.lr} "
-          f"({args.lr_schedule}, warmup {args.warmup_steps}), beam {args.beam_size}\n")
-    cols = ["split", "R@1", "R@5", "R@10", "R@20", "N@5", "N@10", "MRR", "train s", "beam users/s"]
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "---|" * len(cols))
-    rows = [("test", test), *([("valid", valid)] if valid is not None else []),
-            *((f"test, beam {w}", m) for w, m in test_beams.items()),
-            *([("test, fp32 decoding", test_fp32)] if test_fp32 is not None else [])]
-    for name, m in rows:
-        vals = [m["recall@1"], m["recall@5"], m["recall@10"], m["recall@20"], m["ndcg@5"], m["ndcg@10"], m["mrr"]]
-        print(f"| {name} | " + " | ".join(f"{v:.4f}" for v in vals) + f" | {train_s:.0f} | {m['users_per_s']:.0f} |")
+    title = (f"\nSIDs: {sid_name}; users {len(seqs)}; items {model.vocab.n_items}; SID length {model.vocab.n_levels}; "
+             f"device {dev}; bf16 {args.bf16}; compile {args.compile and args.compile_mode}; seed {args.seed}\n"
+             f"epochs run {len(history)} (best {best['epoch']}), batch {args.batch_size}, lr {args.lr} "
+             f"({args.lr_schedule}, warmup {args.warmup_steps}), beam {args.beam_size}")
+    splits = [("test", test), *([("valid", valid)] if valid is not None else []),
+              *((f"test, beam {w}", m) for w, m in test_beams.items()),
+              *([("test, fp32 decoding", test_fp32)] if test_fp32 is not None else [])]
+    rows = [{"split": name, "R@1": m["recall@1"], "R@5": m["recall@5"], "R@10": m["recall@10"], "R@20": m["recall@20"],
+             "N@5": m["ndcg@5"], "N@10": m["ndcg@10"], "MRR": m["mrr"], "train s": train_s,
+             "beam users/s": m["users_per_s"]} for name, m in splits]
     if args.json_out:
         import json
 
@@ -193,6 +194,9 @@ def main() -> None:
             "train_seconds": train_s, "config": cfg.to_dict(), "test": test, "valid": valid, "history": history,
             "test_beams": {str(w): m for w, m in test_beams.items()}, "test_fp32": test_fp32,
         }, default=float, indent=1))
+    emit("bench_recommender", rows, args=args, title=title,
+         params={"sids_name": sid_name, "device_name": dev, "epochs_run": len(history), "best_epoch": best["epoch"]},
+         artifacts=[args.json_out] if args.json_out else [])
 
 
 if __name__ == "__main__":

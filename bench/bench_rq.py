@@ -3,9 +3,11 @@
 Synthetic embeddings: d-dim, L2-normalised, hierarchically clustered (topics -> subtopics -> leaves),
 like sentence embeddings of a catalogue. Each (method, size) runs in a fresh subprocess, so the
 peak resident memory (ru_maxrss) is that run's own; on CUDA the peak allocated GPU memory is
-reported too. Prints a markdown table.
+reported too. Prints a markdown table, also logged to the MLflow experiment `benchmarks` (bench/report.py;
+--no-mlflow skips it).
 
     .venv/bin/python bench/bench_rq.py --sizes 10000,100000,1000000 --device cpu --epochs 5
+    .venv/bin/python bench/bench_rq.py --sizes 2000 --codebook-size 16 --epochs 1 --n-iter 2 --dim 32   # smallest
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.report import add_report_args, emit  # noqa: E402
 
 METHODS = ("rq_kmeans", "rq_kmeans_balanced", "rq_vae")
 
@@ -99,6 +103,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     parser.add_argument("--child", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
+    add_report_args(parser)
     args = parser.parse_args()
 
     if args.child:
@@ -127,22 +132,18 @@ def main() -> None:
                 continue
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
 
-    print(
-        f"d={args.dim}, L={args.levels}, K={args.codebook_size}, device={args.device}, "
-        f"threads={args.threads or 'default'}, k-means iters/level={args.n_iter}, RQ-VAE epochs={args.epochs}\n"
-    )
-    print("| method | n_items | train s | encode s | peak RSS MB (data alone) | peak GPU MB | usage per level | collision rate |")
-    print("|---|---:|---:|---:|---:|---:|---|---:|")
+    title = (f"d={args.dim}, L={args.levels}, K={args.codebook_size}, device={args.device}, "
+             f"threads={args.threads or 'default'}, k-means iters/level={args.n_iter}, RQ-VAE epochs={args.epochs}")
+    table = []
     for r in rows:
         if "error" in r:
-            print(f"| {r['method']} | {r['n_items']} | failed: {r['error']} | | | | | |")
+            table.append({"method": r["method"], "n_items": r["n_items"], "train s": f"failed: {r['error']}"})
             continue
-        gpu = f"{r['peak_gpu_mb']:.0f}" if r["peak_gpu_mb"] is not None else "-"
-        usage = "/".join(f"{u:.2f}" for u in r["usage"])
-        print(
-            f"| {r['method']} | {r['n_items']} | {r['train_s']:.1f} | {r['encode_s']:.2f} | "
-            f"{r['peak_rss_mb']:.0f} ({r['rss_data_mb']:.0f}) | {gpu} | {usage} | {r['collision_rate']:.4f} |"
-        )
+        table.append({"method": r["method"], "n_items": r["n_items"], "train s": r["train_s"], "encode s": r["encode_s"],
+                      "peak RSS MB": r["peak_rss_mb"], "RSS MB data alone": r["rss_data_mb"],
+                      "peak GPU MB": r["peak_gpu_mb"], "usage per level": r["usage"],
+                      "collision rate": r["collision_rate"]})
+    emit("bench_rq", table, args=args, title=title)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,11 @@ Text embeddings use --encoder: `hashed_bow` (default; the model-free hashed bag-
 
 Peak memory per stage: the process's peak RSS (VmHWM) reset before the stage through
 /proc/self/clear_refs, so it includes the tables the process still holds from earlier stages.
-Timings are marked "loaded" when the 1-minute load average exceeded the core count.
+Timings are marked "loaded" when the 1-minute load average exceeded the core count. The tables are also
+logged to the MLflow experiment `benchmarks` (bench/report.py; --no-mlflow skips it).
+
+    .venv/bin/python bench/bench_scale.py --n-ads 500 --fit-sample 0 --codebook-size 16 --n-iter 2 \
+        --max-queries 50 --hashed-dim 32                                   # smallest
 """
 from __future__ import annotations
 
@@ -29,6 +33,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.report import Report, add_report_args  # noqa: E402
 
 STAGES = ("ingest", "summaries", "embeddings", "tokenizer_fit", "sid_assignment", "collision_report")
 
@@ -177,17 +185,14 @@ def fit_exponent(ns: list[int], values: list[float]) -> float:
     return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / den if den else float("nan")
 
 
-def print_table(results: list[dict]) -> None:
+def print_table(results: list[dict], args: argparse.Namespace) -> None:
     cores = os.cpu_count() or 1
     ns = [r["n_ads"] for r in results]
-    print(f"encoder: {results[0]['encoder']} (dim {results[0]['dim']}); torch threads: {results[0].get('torch_threads')}")
-    head = "| stage | " + " | ".join(f"{n:,} ads: s / peak RSS MB" for n in ns)
-    if len(ns) > 1:
-        head += " | time exponent | memory exponent"
-    print(head + " |")
-    print("|" + "---|" * (head.count("|")))
+    rep = Report("bench_scale", args=args)
+    rows = []
     for name in (*[st for st in STAGES if st in results[0]["stages"]], "total"):
-        cells, secs, mems = [], [], []
+        row: dict = {"stage": name}
+        secs, mems, loaded_at = [], [], []
         for r in results:
             if name == "total":
                 s = sum(v["seconds"] for v in r["stages"].values())
@@ -197,19 +202,21 @@ def print_table(results: list[dict]) -> None:
                 s, m, loaded = r["stages"][name]["seconds"], r["stages"][name]["peak_rss_mb"], r["stages"][name]["load"] > cores
             secs.append(s)
             mems.append(m)
-            cells.append(f"{s:.1f} / {m:,.0f}" + (" (loaded)" if loaded else ""))
-        line = f"| {name} | " + " | ".join(cells)
+            row[f"{r['n_ads']:,} ads: s"], row[f"{r['n_ads']:,} ads: peak RSS MB"] = s, m
+            if loaded:
+                loaded_at.append(f"{r['n_ads']:,}")
         if len(ns) > 1:
-            line += f" | {fit_exponent(ns, secs):.2f} | {fit_exponent(ns, mems):.2f}"
-        print(line + " |")
-    if "collision_rate_pre" not in results[0]:
-        return
-    print()
-    print("| ads | interactions | collision rate pre | post | resolution | V L1 | V L3 | nbr agree L1 |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in results:
-        print(f"| {r['n_ads']:,} | {r['n_interactions']:,} | {r['collision_rate_pre']:.4f} | {r['collision_rate_post']:.4f} | "
-              f"{r['resolution_used']} | {r['l1_v_measure']:.3f} | {r['l3_v_measure']:.3f} | {r['nbr_agree_l1']:.3f} |")
+            row["time exponent"], row["memory exponent"] = fit_exponent(ns, secs), fit_exponent(ns, mems)
+        row["loaded at"] = ", ".join(loaded_at) or "-"
+        rows.append(row)
+    rep.table(rows, title=f"encoder: {results[0]['encoder']} (dim {results[0]['dim']}); "
+                          f"torch threads: {results[0].get('torch_threads')}")
+    if "collision_rate_pre" in results[0]:
+        print()
+        rep.table([{"ads": r["n_ads"], "interactions": r["n_interactions"], "collision rate pre": r["collision_rate_pre"],
+                    "post": r["collision_rate_post"], "resolution": r["resolution_used"], "V L1": r["l1_v_measure"],
+                    "V L3": r["l3_v_measure"], "nbr agree L1": r["nbr_agree_l1"]} for r in results], key="sid_quality")
+    rep.log([args.json] if args.json else [])
 
 
 def main() -> None:
@@ -232,6 +239,7 @@ def main() -> None:
     p.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     p.add_argument("--json", default="", help="also write the results to this JSON file")
     p.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)
+    add_report_args(p)
     args = p.parse_args()
     if args.one:
         print(json.dumps(run_one(args, args.one)))
@@ -251,7 +259,7 @@ def main() -> None:
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(results, indent=1))
-    print_table(results)
+    print_table(results, args)
 
 
 if __name__ == "__main__":

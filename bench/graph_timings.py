@@ -4,14 +4,22 @@
 
 One row per step (start, seconds, status) and one per asset: a graph-backed recommender's time runs from its
 first step's start to its last step's end (its seeds train side by side under the multiprocess executor).
+Prints the asset table as markdown; both tables are also logged to the MLflow experiment `benchmarks`
+(bench/report.py; --no-mlflow skips it).
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import defaultdict
+from pathlib import Path
 
 import polars as pl
 from dagster import DagsterEventType, DagsterInstance
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.report import Report, add_report_args  # noqa: E402
 
 
 def step_table(instance: DagsterInstance, run_id: str) -> pl.DataFrame:
@@ -42,18 +50,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_id", nargs="?", help="default: the latest run")
     ap.add_argument("--out", help="also write the step table here (.csv)")
+    add_report_args(ap)
     args = ap.parse_args()
     instance = DagsterInstance.get()
     run_id = args.run_id or instance.get_runs(limit=1)[0].run_id
     steps = step_table(instance, run_id)
     assets = asset_table(steps)
     total = float((steps["start_s"] + steps["seconds"]).max())
-    pl.Config(tbl_rows=200, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True)
-    print(f"run {run_id}: {total:,.0f} s from the first step's start to the last step's end")
-    print(assets)
+    rep = Report("graph_timings", {"dagster_run_id": run_id}, args=args)
+    rep.table(assets.to_dicts(), title=f"run {run_id}: {total:,.0f} s from the first step's start to the last step's end")
+    rep.table(steps.to_dicts(), key="steps", show=False)
     if args.out:
         steps.write_csv(args.out)
         assets.write_csv(args.out.replace(".csv", "_assets.csv"))
+    rep.log([args.out, args.out.replace(".csv", "_assets.csv")] if args.out else [])
 
 
 if __name__ == "__main__":

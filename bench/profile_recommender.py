@@ -7,7 +7,12 @@ the users/s of constrained beam search (the evaluation path).
 
     python bench/profile_recommender.py --sequences bench/out/beauty/sequences.parquet --device cuda
 
-SIDs are random collision-free 3x256 codes (+ the suffix level), which costs the same as real ones.
+SIDs are random collision-free 3x256 codes (+ the suffix level), which costs the same as real ones. Each variant's
+line goes to stderr as it finishes; the two tables (and the profiler's) are also logged to the MLflow experiment
+`benchmarks` (bench/report.py; --no-mlflow skips it).
+
+    python bench/profile_recommender.py --sequences seqs.parquet --device cpu --steps 2 --warmup 1 \
+        --variants 16:fp32:eager --profile 16:fp32:eager --beam-users 16 --beam-batch-sizes 16   # smallest
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import polars as pl  # noqa: E402
 import torch  # noqa: E402
 
 from bench.bench_recommender import random_sids  # noqa: E402
+from bench.report import Report, add_report_args  # noqa: E402
 from unisid_pipeline.recommender import RecommenderConfig  # noqa: E402
 from unisid_pipeline.recommender.evaluate import rank_histories  # noqa: E402
 from unisid_pipeline.recommender.model import GenerativeRecommender, autocast_ctx  # noqa: E402
@@ -45,14 +51,15 @@ def time_variant(seqs: pl.DataFrame, sids, dev: torch.device, batch: int, bf16: 
     ex = build_train_examples(seqs, model.vocab, cfg.max_history)
     hist_t = torch.from_numpy(ex.history_idx).to(dev)
     tgt_t = torch.from_numpy(ex.target_idx).to(dev)
-    utok_t = torch.from_numpy(model.vocab.user_token(ex.user_ids)).to(dev)
+    # the user token only where the config uses it (as recommender.train does; off by default)
+    utok_t = torch.from_numpy(model.vocab.user_token(ex.user_ids)).to(dev) if cfg.use_user_token else None
     optim = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=dev.type == "cuda")
     fwd = torch.compile(model.t5, mode=compile_mode) if compile_mode else model.t5
     gen = torch.Generator().manual_seed(0)
 
     def step() -> torch.Tensor:
         rows = torch.randint(0, len(ex), (batch,), generator=gen).to(dev)
-        ids, mask = model.assemble_inputs(hist_t[rows], utok_t[rows], trim=compile_mode is None)
+        ids, mask = model.assemble_inputs(hist_t[rows], None if utok_t is None else utok_t[rows], trim=compile_mode is None)
         with autocast_ctx(dev, bf16):
             loss = fwd(input_ids=ids, attention_mask=mask, labels=model.target_labels(tgt_t[rows])).loss
         optim.zero_grad(set_to_none=True)
@@ -98,6 +105,7 @@ def main() -> None:
     ap.add_argument("--profile", default="512:fp32:eager", help="the variant to profile (top operators)")
     ap.add_argument("--beam-users", type=int, default=4096)
     ap.add_argument("--beam-batch-sizes", default="128,256,512,1024")
+    add_report_args(ap)
     args = ap.parse_args()
     dev = torch.device(args.device)
     if dev.type == "cuda":
@@ -106,46 +114,56 @@ def main() -> None:
     ad_ids = np.unique(np.concatenate([np.asarray(x) for x in seqs["items"].to_list()]))
     sids = random_sids(ad_ids, "3x256", 0)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    print(f"device {name}, torch {torch.__version__}, {len(seqs)} users, {len(ad_ids)} items, T5 4+4 d128 (defaults)\n")
-    print("| batch | precision | compile | ms/step | train examples/s | epoch s (est.) | warm-up s |")
-    print("|---|---|---|---|---|---|---|")
+    title = f"device {name}, torch {torch.__version__}, {len(seqs)} users, {len(ad_ids)} items, T5 4+4 d128 (defaults)"
+    rep = Report("profile_recommender", args=args)
+    rows = []
     last = None
     for v in args.variants.split(","):
         b, prec, mode = v.split(":")
+        row = {"batch": int(b), "precision": prec, "compile": mode}
         try:
             r = time_variant(seqs, sids, dev, int(b), prec == "bf16", None if mode == "eager" else mode,
                              args.steps, args.warmup, profile=v == args.profile)
         except Exception as exc:  # a variant that fails (e.g. a compile mode) is reported, not fatal
-            print(f"| {b} | {prec} | {mode} | failed: {type(exc).__name__}: {str(exc)[:80]} | | | |")
+            rows.append({**row, "ms/step": f"failed: {type(exc).__name__}: {str(exc)[:80]}"})
+            print(f"variant {v}: failed: {type(exc).__name__}: {str(exc)[:200]}", file=sys.stderr, flush=True)
             continue
-        print(f"| {b} | {prec} | {mode} | {r['ms_step']:.2f} | {r['ex_s']:.0f} | {r['epoch_s']:.1f} | {r['warmup_s']:.1f} |",
-              flush=True)
+        rows.append({**row, "ms/step": r["ms_step"], "train examples/s": r["ex_s"], "epoch s (est.)": r["epoch_s"],
+                     "warm-up s": r["warmup_s"]})
+        print(f"variant {v}: {r['ms_step']:.2f} ms/step, {r['ex_s']:.0f} examples/s", file=sys.stderr, flush=True)
         if r["profile"]:
             prof_table = r["profile"]
         last = r
         if dev.type == "cuda":
             torch.cuda.empty_cache()
+    rep.table(rows, title=title)
     if args.profile and "prof_table" in locals():
         print(f"\nTop operators, variant {args.profile}, 10 steps:\n{prof_table}")
+        rep.attach_text(prof_table, "profile.txt")
     if last is None:
+        rep.log()
         return
     model = last["model"]
     ex = build_split_examples(seqs, model.vocab, 20, "test")
     n = min(args.beam_users, len(ex))
-    utok = model.vocab.user_token(ex.user_ids[:n])
-    print("\n| beam batch | beam | users | users/s | peak GiB |\n|---|---|---|---|---|")
+    utok = model.vocab.user_token(ex.user_ids[:n]) if model.config.use_user_token else None
+    beam_rows = []
     for bb in (int(x) for x in args.beam_batch_sizes.split(",")):
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         w = min(64, n)
-        rank_histories(model, ex.history_idx[:w], utok[:w], bb)  # warm-up
+        rank_histories(model, ex.history_idx[:w], None if utok is None else utok[:w], bb)  # warm-up
         sync(dev)
         t0 = time.perf_counter()
-        rank_histories(model, ex.history_idx[:n], utok[:n], bb)
+        rank_histories(model, ex.history_idx[:n], None if utok is None else utok[:n], bb)
         sync(dev)
         dt = time.perf_counter() - t0
         peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else float("nan")
-        print(f"| {bb} | {model.config.beam_size} | {n} | {n / dt:.0f} | {peak:.2f} |", flush=True)
+        beam_rows.append({"beam batch": bb, "beam": model.config.beam_size, "users": n, "users/s": n / dt, "peak GiB": peak})
+        print(f"beam batch {bb}: {n / dt:.0f} users/s", file=sys.stderr, flush=True)
+    print()
+    rep.table(beam_rows, key="beam_search")
+    rep.log()
 
 
 if __name__ == "__main__":

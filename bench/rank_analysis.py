@@ -15,6 +15,9 @@ beam search and prints three markdown tables:
 
     python bench/rank_analysis.py --checkpoint model.pt --sequences bench/out/beauty/sequences.parquet \
         --split test --max-users 4000 --device cpu
+
+The three tables are also logged as one run of the MLflow experiment `benchmarks` (bench/report.py: the item
+metrics as the run's metrics; --no-mlflow skips it).
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.report import Report, add_report_args  # noqa: E402
 from unisid_pipeline.metrics import dedupe_rankings, ranking_metrics, target_ranks  # noqa: E402
 from unisid_pipeline.recommender.evaluate import check_sequences, rank_split, split_columns  # noqa: E402
 from unisid_pipeline.recommender.model import GenerativeRecommender  # noqa: E402
@@ -83,6 +87,7 @@ def main() -> None:
     p.add_argument("--sample-seed", type=int, default=0, help="seed of the --max-users sample")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cpu")
+    add_report_args(p)
     args = p.parse_args()
 
     model = load_checkpoint(args.checkpoint, args.device)
@@ -101,24 +106,25 @@ def main() -> None:
     items, ranked, targets, seconds = rank_split(model, seqs, args.split, args.batch_size, w)
 
     n = len(targets)
-    print(f"{args.checkpoint}: {args.split}, {n} users, beam {w}, {args.device}, {seconds:.0f} s "
-          f"({n / max(seconds, 1e-9):.0f} users/s)\n")
+    rep = Report("rank_analysis", args=args)
     m = ranking_metrics(ranked, targets)
-    print("| " + " | ".join(m) + " |\n|" + "---|" * len(m) + "\n| " + " | ".join(f"{v:.4f}" for v in m.values()) + " |\n")
+    rep.table([m], title=f"{args.checkpoint}: {args.split}, {n} users, beam {w}, {args.device}, {seconds:.0f} s "
+                         f"({n / max(seconds, 1e-9):.0f} users/s)")
+    print()
 
     ranks = target_ranks(ranked, targets)  # 1-based, 0 = not ranked
     edges = [e for e in (1, 5, 10) if e < w] + [w]  # bins 1, 2-5, 6-10, 11-W (as far as the beam reaches)
     bins = [(f"{lo + 1}-{hi}" if hi > lo + 1 else f"{hi}", (ranks > lo) & (ranks <= hi))
             for lo, hi in zip([0, *edges[:-1]], edges)] + [(f"not in top {w}", ranks == 0)]
-    print("| target's rank | " + " | ".join(b for b, _ in bins) + " |\n|---|" + "---|" * len(bins))
-    print("| share of users | " + " | ".join(f"{mask.mean():.4f}" for _, mask in bins) + " |\n")
+    rep.table([{"target's rank": "share of users", **{b: float(mask.mean()) for b, mask in bins}}], key="hit_ranks")
+    print()
 
     ks = tuple(k for k in (1, 5, 10) if k <= w)
     table = prefix_table(prefix_ranks(items, target_idx, model.vocab.codes), ks)
     levels = model.vocab.n_levels
-    print("| prefix hit | " + " | ".join(f"L1..{lv}" for lv in range(1, levels + 1)) + " |\n|---|" + "---|" * levels)
-    for name, vals in table.items():
-        print(f"| {name} | " + " | ".join(f"{v:.4f}" for v in vals) + " |")
+    rep.table([{"prefix hit": name, **{f"L1..{lv}": v for lv, v in zip(range(1, levels + 1), vals)}}
+               for name, vals in table.items()], key="prefix_hits")
+    rep.log()
 
 
 if __name__ == "__main__":

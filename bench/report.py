@@ -151,7 +151,7 @@ class Report:
             uri, root = tracking_target()
             return _log_run(self, uri, root, [Path(a) for a in artifacts])
         except Exception as exc:  # never break a benchmark over its bookkeeping
-            message = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:300] if str(exc) else type(exc).__name__
+            message = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:600] if str(exc) else type(exc).__name__
             try:
                 from unisid_pipeline.tracking import redact_text, redact_uri
 

@@ -11,9 +11,12 @@ SID prefixes with the category prefixes. All methods get the same information:
 
 Tables: (1) mean ± sample std over --seeds of V-measure L1/L2/L3, collision rate before resolution,
 codebook utilization per level (K=256), neighbour agreement at L1 and training seconds;
-(2) UniSID ablations over --ablation-seeds; (3) every run. Also written to --out (markdown).
+(2) UniSID ablations over --ablation-seeds; (3) every run. Also written to --out (markdown) and logged as one
+run of the MLflow experiment `benchmarks` (bench/report.py; --no-mlflow skips it).
 
     .venv/bin/python bench/synthetic_sid_quality.py --seeds 0,1,2 --ablation-seeds 0,1 --unisid-epochs 1
+    .venv/bin/python bench/synthetic_sid_quality.py --seeds 0 --ablation-seeds "" --rqvae-epochs 1 --backbone tiny \
+        --out /tmp/ssq.md                                                  # smallest
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ torch.set_num_threads(1)
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
+from bench.report import Report, add_report_args  # noqa: E402
 from unisid_pipeline.data.sequences import build_user_sequences  # noqa: E402
 from unisid_pipeline.unisid.tables import sequence_inputs  # noqa: E402
 from unisid_pipeline.analysis import sid_report  # noqa: E402
@@ -167,21 +171,13 @@ def mean_std(vals: list[float], fmt: str) -> str:
     return f"{fmt.format(float(np.mean(vals)))} ± {fmt.format(float(np.std(vals, ddof=1)))}"
 
 
-def agg_table(rows: dict[str, list[dict[str, float]]], first: str) -> str:
-    head = f"| {first} | n | " + " | ".join(h for _, h, _ in COLUMNS) + " |"
-    sep = "|---|---|" + "---|" * len(COLUMNS)
-    lines = [head, sep]
-    for name, reps in rows.items():
-        cells = [mean_std([r.get(k) for r in reps], fmt) for k, _, fmt in COLUMNS]
-        lines.append(f"| {name} | {len(reps)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def agg_rows(rows: dict[str, list[dict[str, float]]], first: str) -> list[dict[str, Any]]:
+    return [{first: name, "n": len(reps), **{h: mean_std([r.get(k) for r in reps], fmt) for k, h, fmt in COLUMNS}}
+            for name, reps in rows.items()]
 
 
-def runs_table(runs: list[tuple[str, int, dict[str, float]]]) -> str:
-    lines = ["| run | seed | " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
-    for name, seed, r in runs:
-        lines.append(f"| {name} | {seed} | " + " | ".join(fmt.format(r[k]) for k, _, fmt in COLUMNS) + " |")
-    return "\n".join(lines)
+def runs_rows(runs: list[tuple[str, int, dict[str, float]]]) -> list[dict[str, Any]]:
+    return [{"run": name, "seed": seed, **{h: r[k] for k, h, _ in COLUMNS}} for name, seed, r in runs]
 
 
 def device_name(device: str) -> str:
@@ -208,6 +204,7 @@ def main() -> None:
     ap.add_argument("--summaries", choices=("template", "llm"), default="template",
                     help="L_rec target: TemplateSummarizer, or the SmolLM2 summarizer (slow on a CPU)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out" / "synthetic_sid_quality.md")
+    add_report_args(ap)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     for noisy in ("unisid_pipeline.models.rq", "unisid_pipeline.models.codebook", "unisid_pipeline.llm.summarizer"):
@@ -269,14 +266,19 @@ def main() -> None:
         f"UniSID on {device_name(args.device)}, RQ on the CPU; torch {torch.__version__}, {torch.get_num_threads()} CPU thread, "
         f"{platform.processor() or platform.machine()}; total wall {wall:.0f}s. ± = sample std over seeds.\n"
     )
-    t1 = f"## 1. Methods, seeds {','.join(map(str, args.seeds))}\n\n" + agg_table(main_rows, "method")
-    t2 = (f"## 2. UniSID ablations, seeds {','.join(map(str, args.ablation_seeds))}\n\n" + agg_table(abl_rows, "variant"))
-    t3 = "## 3. All runs\n\n" + runs_table(runs)
+    rep = Report("synthetic_sid_quality", args=args)
+    t1 = rep.table(agg_rows(main_rows, "method"), title=f"## 1. Methods, seeds {','.join(map(str, args.seeds))}",
+                   key="methods", show=False)
+    t2 = rep.table(agg_rows(abl_rows, "variant"), key="ablations", show=False,
+                   title=f"## 2. UniSID ablations, seeds {','.join(map(str, args.ablation_seeds))}")
+    t3 = rep.table(runs_rows(runs), title="## 3. All runs", show=False)
     text = "\n\n".join([header, t1, t2, t3]) + "\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     log.info("wrote %s (wall %.0fs)", args.out, wall)
+    rep.attach_text(header, "setup.md")
+    rep.log([args.out])
 
 
 if __name__ == "__main__":
