@@ -2,7 +2,7 @@
 Dagster Pipes (`PipesSubprocessClient` here; `PipesK8sClient` on a cluster, see docs/DISTRIBUTED.md).
 
 The external side is a `unisid_pipeline.cli` entry point: it reads parquet inputs and a run-config
-JSON from a work folder, trains (DDP when nproc > 1), writes model.pt / history.json / summary.json
+JSON from a work folder, trains (DDP when nproc > 1), writes model.safetensors / history.json / summary.json
 to `<work>/out`, and reports logs and a materialization back through dagster-pipes.
 """
 from __future__ import annotations

@@ -21,6 +21,7 @@ from assets.tokenizers import GROUP, finish_tokenizer, loss_figure, sid_table_as
 from unisid_pipeline.artifacts import TrainedTokenizer, array_fingerprint
 from unisid_pipeline.embeddings import embeddings_to_frame
 from unisid_pipeline.cli.common import HISTORY_FILE, MODEL_FILE
+from unisid_pipeline.warehouse import read_object
 from unisid_pipeline.unisid import UniSIDModel, UniSIDTrainConfig, train_unisid
 from unisid_pipeline.unisid.tables import aligned_inputs, sequence_inputs
 
@@ -70,7 +71,9 @@ def _train_with_pipes(context: AssetExecutionContext, config: Config, core: UniS
     args = ["--config", str(run_json), "--out", str(out), *[x for k, p in paths.items() for x in (f"--{k}", str(p))]]
     meta = run_pipes(context, client, torchrun_command("unisid_pipeline.cli.train_unisid", config.nproc, args),
                      extras={"asset": "unisid_model", "nproc": config.nproc})
-    model = UniSIDModel.from_checkpoint(torch.load(out / MODEL_FILE, map_location="cpu", weights_only=False))
+    model = read_object(out / MODEL_FILE)  # no pickle: a file of another format is refused unread
+    if not isinstance(model, UniSIDModel):
+        raise TypeError(f"{out / MODEL_FILE} holds a {type(model).__name__}, not a UniSID model")
     history = read_history(out / HISTORY_FILE)
     shutil.rmtree(work, ignore_errors=True)  # the model now lives in this process (and in MLflow below)
     return model, history, meta

@@ -127,7 +127,7 @@ def _encode(obj: Any, tensors: dict[str, torch.Tensor], key: str) -> Any:
         return {"__tensor__": put(obj.detach().cpu().contiguous().clone())}
     if isinstance(obj, np.ndarray):
         try:
-            t = torch.from_numpy(np.ascontiguousarray(obj)).clone()
+            t = torch.from_numpy(np.array(obj, order="C", copy=True))  # a writable copy: read-only arrays (from polars) warn
         except TypeError:
             raise TypeError(f"cannot store a numpy array of dtype {obj.dtype} at {key!r} without pickle") from None
         return {"__ndarray__": put(t)}

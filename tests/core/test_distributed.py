@@ -21,6 +21,7 @@ from unisid_pipeline.hierarchy import labels_from_category_path
 from unisid_pipeline.recommender import GenerativeRecommender, RecommenderConfig, train_recommender
 from unisid_pipeline.unisid import UniSIDModel, UniSIDTrainConfig, train_unisid
 from unisid_pipeline.unisid.tables import aligned_inputs
+from unisid_pipeline.warehouse import read_object
 
 REPO = Path(__file__).resolve().parents[2]
 UNISID = dict(model=dict(backbone="tiny", codebook_size=16, emb_dim=16, max_length=64, sid_source="head"),
@@ -98,7 +99,7 @@ def test_two_rank_unisid_equals_one_process_with_the_same_global_batch(data, two
     assert len(summary["replica_sha256"]) == 2 and len(set(summary["replica_sha256"])) == 1  # ranks agree
     hist = json.loads((out / "history.json").read_text())["step"]
     assert hist[-1]["loss"] < hist[0]["loss"] and [s["ads"] for s in hist] == [16] * 4
-    ddp = UniSIDModel.from_checkpoint(torch.load(out / "model.pt", weights_only=False))
+    ddp = read_object(out / "model.safetensors")
 
     # one process, gradient accumulation over the same 2 micro-batches per step: the same optimisation
     ads = pl.read_parquet(data / "ads.parquet")
@@ -118,7 +119,7 @@ def test_two_rank_recommender_equals_one_process(data, two_ranks):
     assert summary["world_size"] == 2
     assert len(summary["replica_sha256"]) == 2 and len(set(summary["replica_sha256"])) == 1  # ranks agree
     hist = json.loads((out / "history.json").read_text())
-    ddp = GenerativeRecommender.from_checkpoint(torch.load(out / "model.pt", weights_only=False))
+    ddp = read_object(out / "model.safetensors")
     ref, ref_hist = train_recommender(RecommenderConfig.from_dict(REC), pl.read_parquet(data / "sids.parquet"),
                                       pl.read_parquet(data / "seqs.parquet"), seed=0, device="cpu")
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]

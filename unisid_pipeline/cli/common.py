@@ -13,13 +13,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from unisid_pipeline import distributed
 
 logger = logging.getLogger(__name__)
 
-MODEL_FILE = "model.pt"
+MODEL_FILE = "model.safetensors"  # warehouse.write_object: safetensors + JSON, never a pickle
 HISTORY_FILE = "history.json"
 SUMMARY_FILE = "summary.json"
 
@@ -75,10 +74,12 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def write_torch(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def write_model(path: Path, model: Any) -> None:
+    """The trained model for the parent process, without pickle (`warehouse.write_object`; read it back with
+    `warehouse.read_object`, which refuses anything else unread)."""
+    from unisid_pipeline.warehouse import write_object
+
+    write_object(path, model)
 
 
 class Reporter:

@@ -6,7 +6,7 @@
 
 run.json: {"model": RecommenderConfig.to_dict(), "seed": null, "device": null, "eval_every": null}
 (seed/device/eval_every null = the model config's). --sids: ad_id, codes (collision-free); --sequences: the
-user_sequences contract. Rank 0 writes DIR/model.pt (GenerativeRecommender.to_checkpoint()),
+user_sequences contract. Rank 0 writes DIR/model.safetensors (the model, stored without pickle: warehouse.write_object),
 DIR/history.json (per-epoch list) and DIR/summary.json.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 
 from unisid_pipeline.cli.common import (
     HISTORY_FILE, MODEL_FILE, SUMMARY_FILE, base_parser, read_config, read_parquet, reporter, run_main, write_json,
-    write_torch,
+    write_model,
 )
 from unisid_pipeline.distributed import DistContext
 from unisid_pipeline.recommender import RecommenderConfig, train_recommender
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                        "epochs_run": len(history), "train_seconds": seconds,
                        "first_loss": history[0]["train_loss"], "final_loss": history[-1]["train_loss"],
                        "replica_sha256": replicas}
-            write_torch(args.out / MODEL_FILE, model.to_checkpoint())
+            write_model(args.out / MODEL_FILE, model)
             write_json(args.out / HISTORY_FILE, history)
             write_json(args.out / SUMMARY_FILE, summary)
             rep.info(f"recommender trained on {ctx.world_size} rank(s) in {seconds:.1f}s; wrote {args.out}")

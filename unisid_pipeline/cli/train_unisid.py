@@ -8,7 +8,7 @@ run.json: {"train": UniSIDTrainConfig.to_dict(), "seed": 0, "device": "cpu", "ch
 --ads: the raw_ads schema; --labels: ad_id, level_1, level_2, level_3 (strings, null = unknown);
 --summaries: ad_id, summary (needed for rec_target='summary'); --sequences: the user_sequences table
 (needed for emb_positives='co_interaction').
-Rank 0 writes DIR/model.pt (UniSIDModel.to_checkpoint()), DIR/history.json ({"step": [...],
+Rank 0 writes DIR/model.safetensors (the model, stored without pickle: warehouse.write_object), DIR/history.json ({"step": [...],
 "epoch": [...]}) and DIR/summary.json (world size, seconds, losses, each rank's weight sha256).
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 
 from unisid_pipeline.cli.common import (
     HISTORY_FILE, MODEL_FILE, SUMMARY_FILE, base_parser, every, read_config, read_parquet, reporter, run_main,
-    write_json, write_torch,
+    write_json, write_model,
 )
 from unisid_pipeline.distributed import DistContext
 from unisid_pipeline.seeding import cpu_determinism, resolve_device
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             summary = {"world_size": ctx.world_size, "seed": seed, "device": str(ctx.device), "n_ads": ads.height,
                        "steps": len(steps), "train_seconds": seconds, "first_loss": steps[0]["loss"] if steps else None,
                        "final_loss": steps[-1]["loss"] if steps else None, "replica_sha256": replicas}
-            write_torch(args.out / MODEL_FILE, model.to_checkpoint())
+            write_model(args.out / MODEL_FILE, model)
             write_json(args.out / HISTORY_FILE, history)
             write_json(args.out / SUMMARY_FILE, summary)
             rep.info(f"unisid trained on {ctx.world_size} rank(s) in {seconds:.1f}s; wrote {args.out}")
