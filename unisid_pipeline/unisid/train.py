@@ -39,7 +39,7 @@ from unisid_pipeline.unisid.inputs import (
 from unisid_pipeline.unisid.losses import LOSS_KEYS, UniSIDObjective
 from unisid_pipeline.models.rq import RQKMeansConfig, fit_rq_kmeans
 from unisid_pipeline.retrieval import retrieval_recall
-from unisid_pipeline.unisid.model import UniSIDModel
+from unisid_pipeline.unisid.model import UniSIDModel, attention_kernels
 from unisid_pipeline.unisid.pairs import Partners, sample_partners
 from unisid_pipeline.files import remove_dead_temps
 
@@ -302,7 +302,7 @@ def train_unisid(
                 n, total_steps, accum, world, config.batch_size, dev)
     for step in range(start_step, total_steps):
         t0 = time.perf_counter()
-        sums = {k: 0.0 for k in LOSS_KEYS}
+        loss_sum = None  # LOSS_KEYS on the device: read once per step (each read is a host-device sync)
         n_ads = n_tokens = 0
         for a in range(accum):
             m = (step * accum + a) * world + ctx.rank
@@ -318,6 +318,7 @@ def train_unisid(
             img = None if images is None else np.concatenate([images[idx], images[second]])
             views = model.builder.collate([encoded[i] for i in idx] + [encoded[i] for i in second], img, rng,
                                           config.token_drop_prob, config.shuffle_attributes)
+            n_tokens += int(views.attention_mask.sum())  # counted on the host, before the copy
             views = views.to(dev)
             pair_kw = {}
             if use_pairs:
@@ -327,22 +328,23 @@ def train_unisid(
             if rec_targets is not None:
                 rec_ids, rec_mask = pad_targets([rec_targets[i] for i in idx], objective.rec.pad_id)
                 rec_ids, rec_mask = rec_ids.to(dev), rec_mask.to(dev)
-            with ctx.no_sync(train_step, skip=a < accum - 1):  # DDP: one all-reduce per optimiser step
+            with ctx.no_sync(train_step, skip=a < accum - 1), attention_kernels():  # DDP: one all-reduce per step
                 with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
                     losses = train_step(views, labels_t[idx].to(dev), rec_ids, rec_mask, **pair_kw)
                 (losses["loss"] / accum).backward()
-            for k in LOSS_KEYS:
-                sums[k] += float(losses[k].detach()) / accum
+            part = torch.stack([losses[k].detach().float() for k in LOSS_KEYS]) / accum
+            loss_sum = part if loss_sum is None else loss_sum + part
             n_ads += len(idx)
-            n_tokens += int(views.attention_mask.sum())
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        total_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        values = torch.cat([loss_sum, total_norm.detach().float().reshape(1).to(loss_sum.device)]).tolist()
+        sums, grad_norm = dict(zip(LOSS_KEYS, values[:-1])), values[-1]
         if ctx.enabled:  # global values: loss means over ranks, counts summed
             sums = ctx.all_reduce(sums, op="mean")
             counts = ctx.all_reduce({"ads": n_ads, "tokens": n_tokens})
             n_ads, n_tokens = int(counts["ads"]), int(counts["tokens"])
         ended_epochs = [g // len(chunks) for g in range(step * accum * world, (step + 1) * accum * world)
                         if g % len(chunks) == len(chunks) - 1]
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
