@@ -113,7 +113,7 @@ def main() -> None:
                    help="also rank the test split with these beam sizes (JSON key test_beams), e.g. 50: does beam 20 cut recall?")
     p.add_argument("--extra-test-fp32", action="store_true",
                    help="with --bf16: also rank the test split decoding in fp32 from the same weights (JSON test_fp32)")
-    p.add_argument("--save", help="write the trained model checkpoint (torch.save) here")
+    p.add_argument("--save", help="write the trained model here (safetensors + JSON, no pickle; rank_analysis.py reads it)")
     p.add_argument("--json-out", help="also write the test/valid metrics and run facts as JSON here")
     add_report_args(p)
     args = p.parse_args()
@@ -171,7 +171,9 @@ def main() -> None:
         test_fp32 = evaluate_recommender(model, seqs, split="test")
         model.config = trained_config
     if args.save:
-        torch.save(model.to_checkpoint(), args.save)
+        from unisid_pipeline.warehouse import write_object
+
+        write_object(Path(args.save), model)
 
     evaluated = [r for r in history if r["evaluated"]]
     best = max(evaluated, key=lambda r: (r["valid_recall@10"], r["valid_ndcg@10"]))

@@ -13,7 +13,7 @@ beam search and prints three markdown tables:
   the model finds the right neighbourhood and then ranks the wrong member of it (for the last level: the wrong
   one of colliding items); the L-1 column bounds what a perfect collision token would buy.
 
-    python bench/rank_analysis.py --checkpoint model.pt --sequences bench/out/beauty/sequences.parquet \
+    python bench/rank_analysis.py --checkpoint model.safetensors --sequences bench/out/beauty/sequences.parquet \
         --split test --max-users 4000 --device cpu
 
 The three tables are also logged as one run of the MLflow experiment `benchmarks` (bench/report.py: the item
@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -40,9 +39,12 @@ from unisid_pipeline.seeding import resolve_device  # noqa: E402
 
 
 def load_checkpoint(path: str, device: str) -> GenerativeRecommender:
-    d = torch.load(path, map_location="cpu", weights_only=False)
-    d["state_dict"] = {k: v.float() if v.is_floating_point() else v for k, v in d["state_dict"].items()}
-    model = GenerativeRecommender.from_checkpoint(d)
+    from unisid_pipeline.warehouse import read_object
+
+    model = read_object(Path(path))  # bench_recommender.py --save: no pickle (any other file is refused unread)
+    if not isinstance(model, GenerativeRecommender):
+        raise SystemExit(f"{path} holds a {type(model).__name__}, not a recommender (bench_recommender.py --save)")
+    model.float()
     model.config = dataclasses.replace(model.config, bf16=False)  # float32 decoding wherever it runs
     model.eval()
     return model.to(resolve_device(device))
