@@ -201,6 +201,14 @@ def write_object(path: Path, obj: object) -> None:
 
 def read_object(path: Path) -> object:
     """The object `write_object` stored; any other file (a pickle above all) raises UnsafeObjectError, unloaded."""
-    from unisid_pipeline.checkpoint import loads_object
+    from unisid_pipeline.artifacts import TrainedTokenizer, state_fingerprint
+    from unisid_pipeline.checkpoint import UnsafeObjectError, loads_object
 
-    return loads_object(Path(path).read_bytes(), where=f"object file {path}")
+    obj = loads_object(Path(path).read_bytes(), where=f"object file {path}")
+    if isinstance(obj, TrainedTokenizer) and obj.weights:  # the weights are the ones it was stored with
+        found = state_fingerprint(obj.model)
+        if found != obj.weights:
+            raise UnsafeObjectError(
+                f"object file {path}: the {obj.method} tokenizer's weights (sha256 {found[:12]}) are not the ones it was "
+                f"stored with ({obj.weights[:12]}): the file was changed after it was written. Re-materialize that asset")
+    return obj

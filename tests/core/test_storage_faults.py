@@ -72,7 +72,10 @@ def test_stored_objects_round_trip_without_pickle(tmp_path, monkeypatch):
 
     x = clustered(n=200, d=8)
     model, history = fit_rq_kmeans(KM, x, seed=0, device="cpu")
-    trained = TrainedTokenizer(method="rq_kmeans", model=model.cpu().eval(), fingerprint="f" * 64, weights="w",
+    from unisid_pipeline.artifacts import state_fingerprint
+
+    weights = state_fingerprint(model.cpu().eval())
+    trained = TrainedTokenizer(method="rq_kmeans", model=model.cpu().eval(), fingerprint="f" * 64, weights=weights,
                                registered_name="tok", registered_version="2",
                                history={**history, "np_scalar": np.float64(0.5), "pair": (1, "a")},
                                info={"train_seconds": 1.5, "outputs": {"codes": model.encode(x),
@@ -89,7 +92,7 @@ def test_stored_objects_round_trip_without_pickle(tmp_path, monkeypatch):
 
     t = back[0]
     assert isinstance(t, TrainedTokenizer) and type(t.model) is type(model) and not t.model.training
-    assert (t.method, t.fingerprint, t.weights, t.version) == ("rq_kmeans", "f" * 64, "w", "tok/2")
+    assert (t.method, t.fingerprint, t.weights, t.version) == ("rq_kmeans", "f" * 64, weights, "tok/2")
     assert np.array_equal(t.model.encode(x), model.encode(x))
     assert t.history["np_scalar"] == 0.5 and isinstance(t.history["np_scalar"], np.float64)
     assert t.history["pair"] == (1, "a") and t.history["level"] == history["level"]
@@ -279,3 +282,23 @@ def test_a_home_that_is_a_file_or_under_one_fails_with_one_clear_message(tmp_pat
             paths.project_home(home)
         msg = str(err.value)
         assert str(home) in msg and "UNISID_HOME" in msg and "not a folder" in msg
+
+
+def test_a_stored_tokenizer_whose_weights_changed_after_writing_is_refused_on_load(tmp_path):
+    """Each stored tokenizer carries the sha256 of its weights; loading recomputes it, so weights changed in the file
+    after it was written (by hand, by another program) are refused rather than silently giving other SIDs."""
+    from test_rq import KM, clustered
+
+    from unisid_pipeline.artifacts import state_fingerprint
+    from unisid_pipeline.models.rq import fit_rq_kmeans
+
+    model, _ = fit_rq_kmeans(KM, clustered(n=200, d=8), seed=0, device="cpu")
+    model = model.cpu().eval()
+    good = TrainedTokenizer(method="rq_kmeans", model=model, fingerprint="f", weights=state_fingerprint(model))
+    warehouse.write_object(tmp_path / "ok.safetensors", good)
+    assert warehouse.read_object(tmp_path / "ok.safetensors").weights == good.weights
+    other, _ = fit_rq_kmeans(KM, clustered(n=200, d=8), seed=1, device="cpu")
+    swapped = TrainedTokenizer(method="rq_kmeans", model=other.cpu().eval(), fingerprint="f", weights=good.weights)
+    warehouse.write_object(tmp_path / "swapped.safetensors", swapped)
+    with pytest.raises(warehouse.UnsafeObjectError, match="are not the ones it was stored with"):
+        warehouse.read_object(tmp_path / "swapped.safetensors")
