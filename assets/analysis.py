@@ -19,7 +19,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from assets.metadata import figure_metadata, readable, run_metadata
+from assets.metadata import plots_metadata, readable, run_metadata
 from assets.resources import MlflowTracking, ProjectHome, optional_input
 from unisid_pipeline.analysis import compare_methods, markdown_summary, sid_report
 from unisid_pipeline.analysis.plots import plot_bucket_sizes, plot_codebook_usage, plot_v_measure, save_png
@@ -73,8 +73,8 @@ def sid_collision_report(context: AssetExecutionContext, config: ReportConfig, m
             path = save_png(fig, Path(out_dir) / f"sid_{name}.png")
             run.log_artifact(path, "plots")
         meta = run_metadata(run, mlflow.ui_base)
-    return Output(df, metadata=readable({**meta, "summary": MetadataValue.md(summary), "dagster/row_count": df.height,
-                                **{f"plot_{k}": figure_metadata(f) for k, f in figs.items()}}))
+    return Output(df, metadata=readable({**plots_metadata(figs), **meta, "summary": MetadataValue.md(summary),
+                                         "dagster/row_count": df.height}))
 
 
 

@@ -83,15 +83,30 @@ def table_metadata(frame: pl.DataFrame, preview_columns: list[str] | None = None
 
 
 def run_metadata(run: TrackedRun, ui_url: str) -> dict[str, Any]:
-    return {"mlflow_run_id": run.run_id, "mlflow_run": MetadataValue.url(run.url(ui_url))}
+    """The MLflow run's id and page, and its experiment's training runs. MLflow 3.17's UI opens an experiment on
+    the (empty) GenAI overview whatever its `mlflow.experimentKind` tag says, unless the URL (or the browser's
+    last choice of the top-left toggle) asks for `workflowType=machine_learning`: the link asks for it."""
+    run_url = run.url(ui_url)
+    experiment = run_url.rsplit("/runs/", 1)[0] + "/runs?workflowType=machine_learning"
+    return {"mlflow_run_id": run.run_id, "mlflow_run": MetadataValue.url(run_url),
+            "mlflow_experiment": MetadataValue.url(experiment)}
 
 
-def figure_metadata(figure: Any) -> MetadataValue:
-    """A matplotlib figure as an inline PNG in Markdown (shown in the Dagster UI)."""
+def _png_data_url(figure: Any) -> str:
     buf = io.BytesIO()
     figure.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    data = base64.b64encode(buf.getvalue()).decode()
-    return MetadataValue.md(f"![plot](data:image/png;base64,{data})")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def plots_metadata(figures: dict[str, Any]) -> dict[str, MetadataValue]:
+    """All of an asset's plots as ONE Markdown metadata entry, `plots`, each under its name as a heading.
+
+    Spread it first into the materialization's metadata: the asset page's Overview lists metadata in that order,
+    so `plots` is the top row and one click on its "[Show Markdown]" opens every plot of the materialization in
+    one dialog (a Markdown entry renders inline only under 1,000 characters, which no PNG fits; an image served
+    from elsewhere would break whenever that server is down). Each plot is also the run's MLflow artifact."""
+    sections = [f"#### {name.replace('_', ' ')}\n\n![{name}]({_png_data_url(fig)})" for name, fig in figures.items()]
+    return {"plots": MetadataValue.md("\n\n".join(sections))}
 
 
 def device_in_use(context, compute, requested: str, what: str) -> str:

@@ -22,7 +22,7 @@ from dagster import (
 from pydantic import Field
 
 from assets.config import graph_config, mirror, to_core
-from assets.metadata import device_in_use, figure_metadata, readable, run_metadata, table_value
+from assets.metadata import device_in_use, plots_metadata, readable, run_metadata, table_value
 from assets.resources import ComputeDevice, MlflowTracking, ProjectHome, optional_input
 from assets.tokenizers import loss_figure
 from unisid_pipeline.embeddings import frame_to_embeddings
@@ -171,9 +171,9 @@ def recommender_asset(method: str):
                          f"N@10 {results['ndcg@10'].mean():.4f}")
         return Output({"method": method, "results": results, "checkpoints": {r["row"]["seed"]: r["checkpoint"] for r in seeds},
                        "sid_model_version": version, "registered_model": registered},
-                      metadata=readable({**meta, "registered_model": registered or "not registered",
+                      metadata=readable({**plots_metadata({"loss_curve": fig}), **meta, "registered_model": registered or "not registered",
                                          "test_metrics": table_value(results),
-                                         "loss_curve": figure_metadata(fig), "seeds": results.height,
+                                         "seeds": results.height,
                                          **{f"test_{k}": float(results[k].mean()) for k in ("recall@10", "ndcg@10")}}))
 
     @graph_asset(name=name, group_name=GROUP, kinds={"torch", "mlflow"}, owners=["team:recommender"],
@@ -237,9 +237,10 @@ def downstream_eval(context: AssetExecutionContext, config: EvalConfig, mlflow: 
                 context.log.info(f"champion recommender: models:/{rec_name}@champion (version {rec_ver})")
         run.set_tags({"champion_method": best})
         meta = run_metadata(run, mlflow.ui_base)
-    return Output(table, metadata=readable({**meta, "comparison": table_value(table),
+    return Output(table, metadata=readable({**plots_metadata({"downstream_eval": fig}), **meta,
+                                   "comparison": table_value(table),
                                    "champion_method": best, "champion_model": champion or "not registered",
-                                   "plot": figure_metadata(fig), "dagster/row_count": table.height}))
+                                   "dagster/row_count": table.height}))
 
 
 ASSETS = [*RECOMMENDERS, downstream_eval]

@@ -16,7 +16,7 @@ from dagster import AssetExecutionContext, AssetIn, Config, MetadataValue, Outpu
 from pydantic import Field
 
 from assets.config import DEVICE_HELP, mirror, to_core
-from assets.metadata import device_in_use, figure_metadata, readable, run_metadata, table_metadata, table_value
+from assets.metadata import device_in_use, plots_metadata, readable, run_metadata, table_metadata, table_value
 from assets.resources import ComputeDevice, MlflowTracking
 from unisid_pipeline.artifacts import TrainedTokenizer, array_fingerprint, behaviour_fingerprint, state_fingerprint
 from unisid_pipeline.embeddings import frame_to_embeddings
@@ -137,13 +137,13 @@ def _rq_kmeans_plots(run, history: dict) -> dict:
     fig = loss_figure(padded, "iteration", list(curves), "RQ-KMeans: inertia per Lloyd iteration")
     run.log_figure(fig, "loss_curve.png")
     return {"per_level": table_value(pl.DataFrame({k: v for k, v in history.items() if k != "inertia_curve"})),
-            "loss_curve": figure_metadata(fig)}
+            **plots_metadata({"loss_curve": fig})}
 
 
 def _rq_vae_plots(run, history: dict) -> dict:
     fig = loss_figure(history, "epoch", ["loss", "recon_loss", "commitment_loss"], "RQ-VAE training")
     run.log_figure(fig, "loss_curve.png")
-    return {"final_loss": float(history["loss"][-1]), "loss_curve": figure_metadata(fig)}
+    return {"final_loss": float(history["loss"][-1]), **plots_metadata({"loss_curve": fig})}
 
 
 @asset(group_name=GROUP, kinds={"torch", "mlflow"}, owners=["team:tokenizers"], tags={"stage": "tokenizers"})

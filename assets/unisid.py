@@ -15,7 +15,7 @@ from pydantic import Field
 
 from assets.config import DEVICE_HELP, mirror, to_core
 from assets.launch import Launcher, check_launcher, fresh_dir, read_history, run_pipes, torchrun_command
-from assets.metadata import device_in_use, figure_metadata, readable, run_metadata, table_value
+from assets.metadata import device_in_use, plots_metadata, readable, run_metadata, table_value
 from assets.resources import ComputeDevice, MlflowTracking, ProjectHome
 from assets.tokenizers import GROUP, finish_tokenizer, loss_figure, sid_table_asset
 from unisid_pipeline.artifacts import TrainedTokenizer, array_fingerprint
@@ -165,9 +165,9 @@ def unisid_model(context: AssetExecutionContext, config: UniSIDRun, mlflow: Mlfl
                                    "last_logits": last_logits}
         meta = run_metadata(run, mlflow.ui_base)
     epochs = pl.DataFrame(history["epoch"]) if history["epoch"] else pl.DataFrame()
-    return Output(trained, metadata=readable({**meta, **pipes_meta, "version": trained.version, "train_seconds": train_s,
+    return Output(trained, metadata=readable({**plots_metadata({"loss_curve": fig}), **meta, **pipes_meta, "version": trained.version, "train_seconds": train_s,
                                      "launcher": config.launcher, "world_size": world,
-                                     "steps": len(steps), "loss_curve": figure_metadata(fig),
+                                     "steps": len(steps),
                                      "per_epoch": table_value(epochs, max_rows=20)}))
 
 
