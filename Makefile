@@ -31,7 +31,7 @@ test-all: setup
 
 dagster-ui: setup
 	@$(PY) scripts/configure_venv.py >/dev/null
-	DAGSTER_MODULE_NAME= $(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000  # dev reads [tool.dagster]; the module variable would clash
+	DAGSTER_MODULE_NAME= $(VENV)/bin/dg dev -h 127.0.0.1 -p 3000  # dg reads pyproject's [tool.dg]; the module variable would clash
 
 mlflow-ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/.unisid_home/mlflow.db --host 127.0.0.1 --port 5000

@@ -23,7 +23,7 @@ def main() -> None:
     link = dagster_home / "dagster.yaml"
     if link.is_symlink() or link.exists():
         link.unlink()
-    link.symlink_to(repo / "dagster.yaml")
+    link.symlink_to(repo / "configs" / "dagster_instance.yaml")  # not ./dagster.yaml: `dagster dev` would call it unused
     env = {
         "DAGSTER_MODULE_NAME": "unisid_pipeline.definitions",
         "DAGSTER_HOME": str(dagster_home),

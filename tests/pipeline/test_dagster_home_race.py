@@ -24,7 +24,7 @@ OPEN = "from dagster import DagsterInstance; i = DagsterInstance.get(); i.get_ru
 def test_commands_started_together_on_a_fresh_dagster_home_leave_one_schema_head(tmp_path, round_):
     home = tmp_path / "dagster"
     home.mkdir()
-    (home / "dagster.yaml").symlink_to(REPO / "dagster.yaml")
+    (home / "dagster.yaml").symlink_to(REPO / "configs" / "dagster_instance.yaml")
     env = {"PATH": "/usr/bin:/bin", "DAGSTER_HOME": str(home), "HOME": str(tmp_path)}
     procs = [subprocess.Popen([sys.executable, "-c", OPEN], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(4)]
