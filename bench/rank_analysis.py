@@ -1,7 +1,7 @@
 """Where a trained recommender's ranking loses: hit ranks and SID-prefix hits of one split, on any device.
 
-Loads a checkpoint written by `bench_recommender.py --save` (fp32 or the fp16 copies that
-bench/gpu/s4/poll.sh brings back; tensors are cast back to float32), ranks the split with the constrained
+Loads a checkpoint written by `bench_recommender.py --save` (fp32, or the fp16 copy that bench/gpu/launch.sh's
+HALF brings back from the GPU machine; tensors are cast back to float32), ranks the split with the constrained
 beam search and prints three markdown tables:
 
 - the item-level metrics (the same `ranking_metrics` as training reports; on the CPU in float32 they

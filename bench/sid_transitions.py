@@ -6,8 +6,8 @@ chance level, and, where a results folder holds `rec_<method>_s<seed>.json` for 
 (bench_recommender.py --json-out), the test R@10 of each such run. Prints one markdown table, also logged to
 the MLflow experiment `benchmarks` (bench/report.py; --no-mlflow skips it).
 
-    python bench/sid_transitions.py --sequences .gpuR/sequences.parquet --sids .gpuR/sids_*.parquet \
-        --results bench/out/s4 bench/out/s5
+    python bench/sid_transitions.py --sequences bench/out/beauty/sequences.parquet \
+        --sids bench/results/beauty/category_paths/sids_*.parquet --results bench/results/beauty/category_paths
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-# Sourced by bench/gpu/graph/prepare.sh and bench/gpu/s4/prepare.sh (run from the repo root).
+# Sourced by bench/gpu/graph/prepare.sh and bench/gpu/launch.sh (run from the repo root).
 # gpu_wheels DIR SPEC...: download the wheels of SPEC (no dependencies) for the GPU image, CPython 3.12 on
 # manylinux x86_64, into DIR, to be carried there and installed with `pip install --no-index --target`.
 # gpu_wheels_closure DIR SPEC...: the same, with every dependency (pure-Python wheels included).
