@@ -78,10 +78,11 @@ class Ingestion(Config):
     max_input_rows: int = Field(_I.max_input_rows, description="a file with more rows is refused before it is read")
     max_input_bytes: int = Field(_I.max_input_bytes, description="a file larger than this (Parquet: uncompressed) is "
                                  "refused before it is read")
-    allowed_roots: list[str] = Field(list(_I.allowed_roots), description="source=files: folders the input files must "
-                                     "lie in; empty = the working directory and $UNISID_INPUT_ROOTS (os.pathsep-separated)")
-    follow_symlinks: bool = Field(_I.follow_symlinks, description="source=files: read input files reached through a "
-                                  "symbolic link (the target must still lie in allowed_roots)")
+    allowed_roots: list[str] = Field(list(_I.allowed_roots), description="source=files / amazon_beauty: folders the "
+                                     "input files must lie in; empty = the working directory and $UNISID_INPUT_ROOTS "
+                                     "(os.pathsep-separated)")
+    follow_symlinks: bool = Field(_I.follow_symlinks, description="source=files / amazon_beauty: read input files "
+                                  "reached through a symbolic link (the target must still lie in allowed_roots)")
 
 
 def to_core(cfg: Config, core_cls: type[T]) -> T:

@@ -20,7 +20,7 @@ from pydantic import Field
 
 from assets.config import Ingestion, to_core
 from assets.metadata import markdown_table, readable, rounded, run_metadata, table_metadata
-from assets.resources import MlflowTracking
+from assets.resources import KEEP_PREVIOUS, MlflowTracking
 from unisid_pipeline import paths
 from unisid_pipeline.data.ingest import IngestionConfig, ingest
 from unisid_pipeline.data.sequences import build_user_sequences
@@ -65,7 +65,7 @@ def _no_clean_ads(rejected: pl.DataFrame, info: dict, mlflow: MlflowTracking, me
 
 @multi_asset(
     outs={
-        "raw_ads": AssetOut(description="Validated ads (schema: unisid_pipeline/data/schema.py).", kinds=KINDS, owners=["team:ingestion"], tags={"stage": "ingestion"}, is_required=False),
+        "raw_ads": AssetOut(description="Validated ads (schema: unisid_pipeline/data/schema.py).", kinds=KINDS, metadata={KEEP_PREVIOUS: "ad_id"}, owners=["team:ingestion"], tags={"stage": "ingestion"}, is_required=False),
         "rejected_ads": AssetOut(description="Ad rows that failed validation, each with its line and reason.", kinds=KINDS, owners=["team:ingestion"], tags={"stage": "ingestion"}, is_required=False),
         "ad_interactions": AssetOut(description="Validated user-ad interactions, sorted by user and time.", kinds=KINDS, owners=["team:ingestion"], tags={"stage": "ingestion"}, is_required=False),
         "rejected_interactions": AssetOut(description="Interaction rows that failed validation, with reasons.", kinds=KINDS, owners=["team:ingestion"], tags={"stage": "ingestion"}, is_required=False),
@@ -113,13 +113,14 @@ def ingested_tables(context: AssetExecutionContext, config: Ingestion, mlflow: M
         selected = [n for n in selected if n.startswith("rejected_")]  # stored, then the step fails (below)
     db = paths.warehouse_path(paths.project_home(mlflow.home or None))
     change = compare_with_stored(db, "raw_ads", result.raw_ads, "ad_id") if "raw_ads" in selected else None
-    if change is not None:  # a re-run: what it changes in raw_ads (recorded once raw_ads is replaced, below)
+    # A re-run: what it changes in raw_ads. The IO manager (KEEP_PREVIOUS) stores raw_ads, raw_ads_previous and
+    # raw_ads_changes in one transaction, so a crash never leaves the new raw_ads without the version it replaced.
+    if change is not None:
         outputs["raw_ads"][1].update(_change_metadata(change))
     for name in selected:
         value, metadata = outputs[name]
         yield Output(value, name, metadata=readable({**metadata, **meta}))
-        if name == "raw_ads" and change is not None:  # stored: keep the old version, record the changes
-            change.keep()
+        if name == "raw_ads" and change is not None:  # stored
             if change.changes.height:
                 context.log.info(f"raw_ads: {change.summary['added']:,} ads added, {change.summary['removed']:,} "
                                  f"removed, {change.summary['changed']:,} changed (table raw_ads_changes); "

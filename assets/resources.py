@@ -12,7 +12,7 @@ from dagster import AssetIn, ConfigurableIOManager, ConfigurableResource, InitRe
 from pydantic import Field
 
 from assets.config import check_run_config, op_config_classes
-from unisid_pipeline import paths, warehouse
+from unisid_pipeline import paths, table_diff, warehouse
 from unisid_pipeline.tracking import TrackedRun, check_tracking_uri, open_run
 
 
@@ -39,6 +39,7 @@ def optional_input(key: str) -> AssetIn:
     return AssetIn(key, metadata={OPTIONAL_INPUT: True})
 
 
+KEEP_PREVIOUS = "unisid/keep_previous"  # output metadata: the key column; a changed re-run keeps <table>_previous
 MAY_SHRINK = "unisid/may_shrink"  # output metadata: this table may legitimately shrink or empty (no shrink guard)
 # reports whose rows are the methods / models materialized so far: fewer of them is no data loss
 MAY_SHRINK_TABLES = frozenset({"sid_collision_report", "downstream_eval", "embedding_retrieval_eval"})
@@ -47,7 +48,9 @@ SHRINK_FIX = ("If the smaller table is meant (a smaller source or synthetic worl
 
 
 class WarehouseIOManager(ConfigurableIOManager):
-    """polars DataFrames -> DuckDB tables (atomic replace); anything else -> atomic no-pickle object files
+    """polars DataFrames -> DuckDB tables (atomic replace; an output with KEEP_PREVIOUS metadata keeps the
+    replaced version as <table>_previous and the diff as <table>_changes in the same transaction: `table_diff`);
+    anything else -> atomic no-pickle object files
     (<home>/objects/<asset>.safetensors: `warehouse.write_object`). A table is only ever loaded from DuckDB; a
     legacy or planted pickle under objects/ is refused, never unpickled."""
 
@@ -80,8 +83,15 @@ class WarehouseIOManager(ConfigurableIOManager):
         key = list(context.asset_key.path)
         name = warehouse.table_name(key)
         if isinstance(obj, pl.DataFrame):
-            warehouse.write_table(self._db(), name, obj, lock_timeout_s=self.lock_timeout_s,
-                                  guard_shrink=self._guards_shrink(name, context), shrink_fix=SHRINK_FIX)
+            keyed = (context.definition_metadata or {}).get(KEEP_PREVIOUS)
+            change = (table_diff.compare_with_stored(self._db(), name, obj, getattr(keyed, "value", keyed),
+                                                     self.lock_timeout_s) if keyed else None)
+            if change is not None:  # new table, <name>_previous and <name>_changes in one transaction
+                change.replace(obj, lock_timeout_s=self.lock_timeout_s,
+                               guard_shrink=self._guards_shrink(name, context), shrink_fix=SHRINK_FIX)
+            else:
+                warehouse.write_table(self._db(), name, obj, lock_timeout_s=self.lock_timeout_s,
+                                      guard_shrink=self._guards_shrink(name, context), shrink_fix=SHRINK_FIX)
             self._obj(key).unlink(missing_ok=True)  # a stale object of the same name is never read for a table
             context.add_output_metadata({"duckdb_table": f"{self._db()}::{name}"})
         else:

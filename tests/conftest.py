@@ -35,9 +35,11 @@ def beauty_dir() -> Path:
 @pytest.fixture(autouse=True, scope="session")
 def _tmp_dirs_are_input_roots(tmp_path_factory):
     """Ingestion reads only files under the working directory and $UNISID_INPUT_ROOTS (IngestionConfig.allowed_roots);
-    tests write their input files under pytest's temp folder, so it is an input root for the whole session."""
+    tests write their input files under pytest's temp folder and read Amazon Beauty from ../shared/data, so both
+    are input roots for the whole session (the temp folder last: tests take it from there)."""
     old = os.environ.get("UNISID_INPUT_ROOTS")
-    os.environ["UNISID_INPUT_ROOTS"] = os.pathsep.join(filter(None, [old, str(tmp_path_factory.getbasetemp())]))
+    os.environ["UNISID_INPUT_ROOTS"] = os.pathsep.join(filter(None, [old, str(BEAUTY_DIR.parent),
+                                                                     str(tmp_path_factory.getbasetemp())]))
     yield
     if old is None:
         os.environ.pop("UNISID_INPUT_ROOTS", None)

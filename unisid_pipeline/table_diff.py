@@ -1,9 +1,10 @@
 """What a re-run changed in a keyed warehouse table (raw_ads), and the previous version kept one generation back.
 
 When a table is replaced, `compare_with_stored` diffs the new frame against the stored one: which keys were added,
-removed or changed, and which fields changed. After the replacement, `TableChange.keep` writes the diff as
-`<name>_changes` (key, change, fields) and, when anything changed, the old table as `<name>_previous`, so that
-`CREATE OR REPLACE TABLE <name> AS SELECT * FROM <name>_previous` gets it back.
+removed or changed, and which fields changed. `TableChange.replace` then writes, in ONE DuckDB transaction, the new
+table, the diff as `<name>_changes` (key, change, fields) and, when anything changed, the old table as
+`<name>_previous`, so that `CREATE OR REPLACE TABLE <name> AS SELECT * FROM <name>_previous` gets it back. A process
+killed at any point leaves the old table or the new one with its previous version, never the new one alone.
 """
 from __future__ import annotations
 
@@ -80,13 +81,17 @@ class TableChange:
                 f"to restore it (then re-materialize what reads {self.name}): duckdb {self.db} "
                 f"\"{self.recover_sql}\"")
 
-    def keep(self, db: Path | None = None, lock_timeout_s: float = warehouse.DEFAULT_LOCK_TIMEOUT_S) -> None:
-        """After the replacement: `<name>_changes` = this diff (empty when nothing changed); `<name>_previous` = the
-        old table, only when something changed (an unchanged re-run keeps the older generation there)."""
-        db = Path(db or self.db)
-        if self.changes.height:
-            warehouse.write_table(db, self.previous, self.old, lock_timeout_s=lock_timeout_s)
-        warehouse.write_table(db, f"{self.name}{CHANGES_SUFFIX}", self.changes, lock_timeout_s=lock_timeout_s)
+    def replace(self, new: pl.DataFrame, db: Path | None = None,
+                lock_timeout_s: float = warehouse.DEFAULT_LOCK_TIMEOUT_S, guard_shrink: bool = False,
+                shrink_fix: str = "") -> None:
+        """Replace the stored table by `new` and record this change, in one transaction (`warehouse.write_table`):
+        `<name>_changes` = this diff (empty when nothing changed); `<name>_previous` = the table being replaced,
+        only when something changed (an unchanged re-run keeps the older generation there). A refused shrink or
+        any failure leaves all three tables as they were."""
+        warehouse.write_table(Path(db or self.db), self.name, new, lock_timeout_s=lock_timeout_s,
+                              guard_shrink=guard_shrink, shrink_fix=shrink_fix,
+                              keep_previous=self.previous if self.changes.height else "",
+                              also={f"{self.name}{CHANGES_SUFFIX}": self.changes})
 
 
 def compare_with_stored(db: Path, name: str, new: pl.DataFrame, key: str,

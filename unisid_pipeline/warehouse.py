@@ -10,7 +10,7 @@ import contextlib
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import duckdb
@@ -128,20 +128,29 @@ def shrinks(old_rows: int, new_rows: int) -> bool:
 
 
 def write_table(path: Path, name: str, frame: pl.DataFrame, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
-                guard_shrink: bool = False, shrink_fix: str = "") -> None:
+                guard_shrink: bool = False, shrink_fix: str = "", keep_previous: str = "",
+                also: Mapping[str, pl.DataFrame] | None = None) -> None:
     """Replace table `name` with `frame` in one transaction: readers see the old or the new table, never half.
 
     guard_shrink: refuse (TableShrinkError naming the table, both row counts and `shrink_fix`) to replace a
     non-empty table with an empty one or one of fewer than half its rows; the old table stays.
+    keep_previous: copy the stored `name` (when there is one) to this table first; `also`: more tables
+    {name: frame} replaced too. All in the same transaction, so a process killed at any point leaves either all
+    of them or none of them replaced (a previous version is never lost between two writes).
     Raises WarehouseLockedError when another process holds the file, DiskFullError when the disk is full
     (the old table is then intact).
     """
-    if not _IDENT.match(name):
-        raise ValueError(f"invalid table name {name!r}")
+    also = dict(also or {})
+    for table in (name, *([keep_previous] if keep_previous else []), *also):
+        if not _IDENT.match(table):
+            raise ValueError(f"invalid table name {table!r}")
     arrow = frame.to_arrow()
+    extra = {f"__also_{i}": (table, other.to_arrow()) for i, (table, other) in enumerate(also.items())}
     try:
         with connect(path, lock_timeout_s=lock_timeout_s) as con:
             con.register("__incoming", arrow)
+            for view, (_, data) in extra.items():
+                con.register(view, data)
             con.execute("BEGIN TRANSACTION")
             try:
                 if guard_shrink:  # counted inside the transaction that replaces it: no other writer in between
@@ -154,6 +163,11 @@ def write_table(path: Path, name: str, frame: pl.DataFrame, lock_timeout_s: floa
                             f"{'an empty table' if not frame.height else 'fewer than half its rows'} usually means a "
                             f"broken or truncated source; the previous table is kept. {shrink_fix}".rstrip(),
                             name, old, frame.height)
+                if keep_previous and con.execute("SELECT count(*) FROM information_schema.tables WHERE "
+                                                 "table_name = ?", [name]).fetchone()[0]:
+                    con.execute(f'CREATE OR REPLACE TABLE "{keep_previous}" AS SELECT * FROM "{name}"')
+                for view, (table, _) in extra.items():
+                    con.execute(f'CREATE OR REPLACE TABLE "{table}" AS SELECT * FROM {view}')
                 con.execute(f'CREATE OR REPLACE TABLE "{name}" AS SELECT * FROM __incoming')
                 con.execute("COMMIT")
             except BaseException:
@@ -161,8 +175,9 @@ def write_table(path: Path, name: str, frame: pl.DataFrame, lock_timeout_s: floa
                     con.execute("ROLLBACK")
                 raise
             finally:
-                with contextlib.suppress(duckdb.Error):
-                    con.unregister("__incoming")
+                for view in ("__incoming", *extra):
+                    with contextlib.suppress(duckdb.Error):
+                        con.unregister(view)
     except (duckdb.Error, OSError) as exc:
         if is_no_space(exc):
             raise disk_full_error(Path(path), f"table {name!r}", exc) from exc

@@ -372,6 +372,82 @@ def test_symlinked_inputs_are_refused_unless_follow_symlinks(inbox, tmp_path):
         ingest(_cfg(inbox, inbox / "outside.csv", allowed_roots=roots, follow_symlinks=True))
 
 
+
+def test_amazon_beauty_paths_are_confined_like_files(tmp_path, monkeypatch):
+    """Bug fixed: source=amazon_beauty read beauty_dir from anywhere, through any symbolic link. Its files now go
+    through the same `confine` as source=files: allowed_roots / $UNISID_INPUT_ROOTS, follow_symlinks."""
+    import shutil
+
+    from test_beauty_meta import _folder
+
+    def beauty(folder, **kw):
+        return ingest(IngestionConfig(source="amazon_beauty", beauty_dir=str(folder), **kw))
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    folder = _folder(tmp_path, None)  # tmp_path/beauty: beside inbox, not in it
+    n_items = beauty(folder, allowed_roots=(str(tmp_path),)).raw_ads.height  # under the roots: read as before
+    assert n_items == 4
+    for outside in (folder, inbox / ".." / "beauty"):
+        with pytest.raises(InputFileError) as err:
+            beauty(outside, allowed_roots=(str(inbox),))
+        assert str(outside) in str(err.value) and "outside the allowed input folders" in str(err.value)
+        assert "allowed_roots" in err.value.fix and "UNISID_INPUT_ROOTS" in err.value.fix
+    monkeypatch.setenv("UNISID_INPUT_ROOTS", str(inbox))  # default roots: the working directory and the env
+    monkeypatch.chdir(inbox)
+    with pytest.raises(InputFileError, match="outside the allowed input folders"):
+        beauty(folder)
+    # a symlinked folder, or one file of the folder a symbolic link: refused unless follow_symlinks
+    (inbox / "beauty_link").symlink_to(folder)
+    shutil.copytree(folder, inbox / "beauty_copy")
+    (inbox / "beauty_copy" / "sequential_data.txt").unlink()
+    (inbox / "beauty_copy" / "sequential_data.txt").symlink_to(folder / "sequential_data.txt")
+    roots = (str(tmp_path),)
+    for linked in (inbox / "beauty_link", inbox / "beauty_copy"):
+        with pytest.raises(InputFileError) as err:
+            beauty(linked, allowed_roots=roots)
+        assert "symbolic link" in str(err.value) and "follow_symlinks" in err.value.fix
+        assert beauty(linked, allowed_roots=roots, follow_symlinks=True).raw_ads.height == n_items
+    with pytest.raises(InputFileError, match="outside the allowed input folders"):  # a link out of the roots
+        beauty(inbox / "beauty_link", allowed_roots=(str(inbox),), follow_symlinks=True)
+
+
+def test_cli_input_files_may_lie_anywhere_but_symlinks_and_fifos_are_refused(home, tmp_path, monkeypatch, capsys):
+    """`unisid encode / recommend / evaluate` read the files named on the command line with ingestion's readers:
+    not limited to the input roots (an explicit argument), but a file reached through a symbolic link is refused
+    as in ingestion unless --follow-symlinks, and a FIFO or folder is refused. Was: any link followed."""
+    from unisid_pipeline.cli import main as cli
+
+    monkeypatch.setenv("UNISID_INPUT_ROOTS", "/nonexistent")  # the files below are under no input root
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "clicks.csv").write_text(CLICKS)
+    (real / "ads.csv").write_text(ADS3)
+    (tmp_path / "link.csv").symlink_to(real / "clicks.csv")
+    (tmp_path / "ads_link.csv").symlink_to(real / "ads.csv")
+    (tmp_path / "linkdir").symlink_to(real)
+    out = str(tmp_path / "out.parquet")
+
+    def rows(argv):  # the valid rows the command would use (no registered model needed)
+        args = cli.build_parser().parse_args(argv)
+        path, kind = (args.ads, "ads") if args.command == "encode" else (args.interactions, "interactions")
+        return cli._clean_rows(path, kind, Path(out), args)
+
+    assert rows(["recommend", "--interactions", str(real / "clicks.csv"), "--out", out]).height == 2  # anywhere
+    refused = [["recommend", "--interactions", str(tmp_path / "link.csv"), "--out", out],
+               ["evaluate", "--interactions", str(tmp_path / "linkdir" / "clicks.csv")],
+               ["encode", "--ads", str(tmp_path / "ads_link.csv"), "--out", out]]
+    for argv in refused:
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert "is a symbolic link" in err and "--follow-symlinks" in err, err
+        assert rows([*argv, "--follow-symlinks"]).height in (2, 3)
+    os.mkfifo(tmp_path / "pipe.csv")
+    for path in (tmp_path / "pipe.csv", real):
+        assert cli.main(["evaluate", "--interactions", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert "not a regular file" in err or "is a directory" in err, err
+
 # 7. Fuzz: random malformed files never crash ingestion ---------------------------------------------------------------
 
 import datetime as _dt  # noqa: E402

@@ -230,8 +230,8 @@ def test_replacing_a_table_keeps_its_previous_version_and_records_the_changes(tm
     v2 = pl.DataFrame({"ad_id": [1, 2, 4], "title": ["a", "B", "d"]})
     change = table_diff.compare_with_stored(db, "raw_ads", v2, "ad_id")
     assert change.summary["changed"] == 1 and change.summary["added"] == 1 and change.summary["removed"] == 1
-    warehouse.write_table(db, "raw_ads", v2)
-    change.keep(db)
+    change.replace(v2)  # raw_ads, raw_ads_previous and raw_ads_changes in one transaction
+    assert warehouse.read_table(db, "raw_ads").equals(v2)
     assert warehouse.read_table(db, "raw_ads_previous").equals(v1)
     assert warehouse.read_table(db, "raw_ads_changes").rows() == [(2, "changed", ["title"]), (3, "removed", []),
                                                                  (4, "added", [])]
@@ -242,9 +242,17 @@ def test_replacing_a_table_keeps_its_previous_version_and_records_the_changes(tm
     # an unchanged re-run records no change and keeps the older generation
     warehouse.write_table(db, "raw_ads", v2)
     same = table_diff.compare_with_stored(db, "raw_ads", v2, "ad_id")
-    same.keep(db)
+    same.replace(v2)
     assert warehouse.read_table(db, "raw_ads_changes").height == 0
     assert warehouse.read_table(db, "raw_ads_previous").equals(v1)
+    # a refused replacement (shrink guard) leaves all three tables as they were
+    changes_before = warehouse.read_table(db, "raw_ads_changes")
+    tiny = table_diff.compare_with_stored(db, "raw_ads", v2.head(1), "ad_id")
+    with pytest.raises(warehouse.TableShrinkError):
+        tiny.replace(v2.head(1), guard_shrink=True)
+    assert warehouse.read_table(db, "raw_ads").equals(v2)
+    assert warehouse.read_table(db, "raw_ads_previous").equals(v1)
+    assert warehouse.read_table(db, "raw_ads_changes").equals(changes_before)
 
 
 # ------------------------------------------------------------------------------- read-only home (item 4)

@@ -233,3 +233,64 @@ def test_a_read_only_home_fails_the_run_with_one_clear_message(home, monkeypatch
         assert "sqlite" not in text.lower() and "duckdb.duckdb" not in text.lower()  # no bare store error
     finally:
         home.chmod(0o755)
+
+
+RAW_ADS_KILL_CHILD = """
+import json, os, signal, sys
+from dagster import DagsterInstance, materialize
+from assets.ingestion import ingested_tables
+from assets.resources import MlflowTracking, WarehouseIOManager
+from unisid_pipeline import warehouse
+
+real_open = warehouse.open_connection
+
+
+class DiesAfterReplacingRawAds:  # SIGKILL right after the COMMIT of the transaction that replaced raw_ads
+    def __init__(self, con):
+        self._con, self._replaced = con, False
+
+    def __getattr__(self, name):
+        return getattr(self._con, name)
+
+    def execute(self, sql, *args, **kwargs):
+        out = self._con.execute(sql, *args, **kwargs)
+        self._replaced |= 'TABLE "raw_ads" AS' in sql
+        if self._replaced and sql.strip().upper() == "COMMIT":
+            print("KILLED AFTER THE RAW_ADS COMMIT", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return out
+
+
+warehouse.open_connection = lambda *a, **k: DiesAfterReplacingRawAds(real_open(*a, **k))
+home, cfg = sys.argv[1], json.loads(sys.argv[2])
+materialize([ingested_tables], run_config=cfg, instance=DagsterInstance.ephemeral(),
+            resources={"io_manager": WarehouseIOManager(home=home), "mlflow": MlflowTracking(home=home)})
+print("NOT KILLED", flush=True)
+"""
+
+
+def test_kill9_right_after_raw_ads_is_replaced_keeps_the_previous_version(home, tmp_path):
+    """kill -9 at the moment raw_ads is committed by a re-ingestion with changed ads: the version it replaced is
+    still in the warehouse (raw_ads_previous, written in the same DuckDB transaction). Was: raw_ads replaced first,
+    raw_ads_previous written by a second transaction afterwards, so a kill in between lost the previous version."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    db = paths.warehouse_path(home)
+    v1 = _files_config(tmp_path, "v1", "ad_id,title,price\n1,Shoes,10\n2,Hat,5\n3,Scarf,7\n")
+    assert materialize([ingested_tables], resources=resources(home), run_config=v1,
+                       instance=DagsterInstance.ephemeral()).success
+    first = warehouse.read_table(db, "raw_ads")
+    v2 = _files_config(tmp_path, "v2", "ad_id,title,price\n1,Shoes,10\n2,Red hat,6\n4,Gloves,3\n")
+    repo = paths.__file__.rsplit("/unisid_pipeline/", 1)[0]
+    child = subprocess.run([sys.executable, "-c", RAW_ADS_KILL_CHILD, str(home), json.dumps(v2)], cwd=repo,
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
+    assert "KILLED AFTER THE RAW_ADS COMMIT" in child.stdout
+    assert warehouse.read_table(db, "raw_ads")["title"].to_list() == ["Shoes", "Red hat", "Gloves"]  # v2 committed
+    assert warehouse.has_table(db, "raw_ads_previous"), "the version raw_ads replaced is lost"
+    assert warehouse.read_table(db, "raw_ads_previous").equals(first)
+    assert warehouse.read_table(db, "raw_ads_changes").rows() == [(2, "changed", ["title", "price"]),
+                                                                 (3, "removed", []), (4, "added", [])]

@@ -6,7 +6,9 @@
 
 Every input file (.csv/.tsv/.jsonl/.parquet with the raw_ads or raw_interactions columns) goes through the same
 readers and validation as ingestion, so a bad file or row gets the same message (file, line, field, fix); rejected
-rows go to `<out>.rejected.parquet` with their reason. Outputs are written atomically.
+rows go to `<out>.rejected.parquet` with their reason. Outputs are written atomically. Input files may lie anywhere
+(they are named on the command line), but one reached through a symbolic link is refused, as in ingestion, unless
+--follow-symlinks; devices, FIFOs and folders are refused.
 - encode: new ads get their SID and embedding from a registered UniSID tokenizer in one forward pass (no retraining).
 - recommend: each user's clicks, in time order, are the history; the registered recommender returns the top-k ads.
 - evaluate: leave-one-out per user (the last click is the target, the ones before the history), Recall/NDCG@5/10/20
@@ -24,7 +26,7 @@ from pathlib import Path
 import polars as pl
 
 from unisid_pipeline import paths
-from unisid_pipeline.data.readers import InputFileError, read_rows
+from unisid_pipeline.data.readers import InputFileError, confine, read_rows
 from unisid_pipeline.data.schema import AD_REQUIRED, CATEGORY_SEP, INTERACTION_REQUIRED
 from unisid_pipeline.data.validation import concat_rejected, validate_ads, validate_interactions
 
@@ -35,7 +37,12 @@ def _tracking_uri(given: str) -> str:
 
 def _clean_rows(path: Path, kind: str, out: Path, args: argparse.Namespace):
     """The valid rows of an ads or interactions file, through ingestion's readers and validation; rejected rows are
-    kept with their reason in <out>.rejected.parquet (and summed up on stderr)."""
+    kept with their reason in <out>.rejected.parquet (and summed up on stderr). A file named on the command line
+    may lie anywhere, but not be reached through a symbolic link unless --follow-symlinks (ingestion's check)."""
+    try:
+        confine(path, follow_symlinks=args.follow_symlinks, within_roots=False)
+    except InputFileError as exc:
+        raise InputFileError(path, None, exc.problem, "give the real file's path, or pass --follow-symlinks") from None
     if kind == "ads":
         parsed = read_rows(path, AD_REQUIRED)
         result = validate_ads(parsed.rows, parsed.source, category_sep=args.category_sep)
@@ -147,6 +154,8 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def _common(p: argparse.ArgumentParser, model_default: str, model_help: str) -> None:
     p.add_argument("--model", default=model_default, help=f"{model_help} (default: %(default)s)")
+    p.add_argument("--follow-symlinks", action="store_true", help="read an input file reached through a symbolic "
+                   "link (refused by default, as in ingestion)")
     p.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the "
                    "sqlite store under $UNISID_HOME or ./.unisid_home)")
 

@@ -8,7 +8,9 @@ from typing import Literal
 
 import polars as pl
 
+from unisid_pipeline.data.beauty import REQUIRED_FILES as BEAUTY_FILES
 from unisid_pipeline.data.beauty import load_beauty
+from unisid_pipeline.data.beauty_meta import META_FILE as BEAUTY_META_FILE
 from unisid_pipeline.data.readers import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_ROWS,
@@ -65,9 +67,9 @@ class IngestionConfig:
     max_input_bytes: int = DEFAULT_MAX_BYTES
     """an input file larger than this is refused before it is read (Parquet: its uncompressed size; text: the file size)"""
     allowed_roots: tuple[str, ...] = ()
-    """source="files": folders the input files must lie in (resolved path); empty = the working directory and $UNISID_INPUT_ROOTS (os.pathsep-separated)"""
+    """source="files" / "amazon_beauty": folders the input files must lie in (resolved path); empty = the working directory and $UNISID_INPUT_ROOTS (os.pathsep-separated)"""
     follow_symlinks: bool = False
-    """source="files": read an input file reached through a symbolic link (its target must still lie in allowed_roots)"""
+    """source="files" / "amazon_beauty": read an input file reached through a symbolic link (its target must still lie in allowed_roots)"""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "allowed_roots", tuple(self.allowed_roots))
@@ -179,6 +181,8 @@ def ingest(config: IngestionConfig) -> IngestionResult:
         info["taxonomy_leaves"] = len(world.taxonomy.leaves)
         info["taxonomy_generated_names"] = world.taxonomy.generated
     elif config.source == "amazon_beauty":
+        for name in (*BEAUTY_FILES, BEAUTY_META_FILE):  # the folder's files, under the roots as for source="files"
+            confine(Path(config.beauty_dir) / name, config.allowed_roots, config.follow_symlinks)
         data = load_beauty(config.beauty_dir)
         ads_files = [(data.ads, str(Path(config.beauty_dir) / "products_lookup.csv"))]
         inter_files = [(data.interactions, str(Path(config.beauty_dir) / "sequential_data.txt"))]

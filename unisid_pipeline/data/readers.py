@@ -93,15 +93,19 @@ def _symlink_in(path: Path, roots: list[Path]) -> Path | None:
     return None
 
 
-def confine(path: str | Path, allowed: tuple[str, ...] = (), follow_symlinks: bool = False) -> None:
+def confine(path: str | Path, allowed: tuple[str, ...] = (), follow_symlinks: bool = False,
+            within_roots: bool = True) -> None:
     """Refuse an input file outside the allowed folders (its resolved path: `..` and links followed) or,
-    unless follow_symlinks, reached through a symbolic link."""
-    roots = input_roots(allowed)
+    unless follow_symlinks, reached through a symbolic link.
+
+    within_roots=False (a file the user named on a command line, e.g. `unisid recommend`): no folder limit, only
+    the symbolic-link check, where links at or above the working directory do not count."""
+    roots = input_roots(allowed) if within_roots else [Path.cwd()]
     real = Path(path).resolve()
     real_roots = [r.resolve() for r in roots]
     fix_roots = (f"add its folder to allowed_roots in the ingestion config (or to ${INPUT_ROOTS_ENV}, "
                  f"{os.pathsep!r}-separated, when allowed_roots is empty)")
-    if not any(real.is_relative_to(r) for r in real_roots):
+    if within_roots and not any(real.is_relative_to(r) for r in real_roots):
         raise InputFileError(path, None, f"the file (resolved: {real}) is outside the allowed input folders "
                              f"{[str(r) for r in real_roots]}", f"move it into one of them, or {fix_roots}")
     if not follow_symlinks:
@@ -152,6 +156,9 @@ def read_rows(path: str | Path, required: tuple[str, ...], text_fields: tuple[st
         raise InputFileError(path, None, "file does not exist", "check the path in the run config")
     if path.is_dir():
         raise InputFileError(path, None, "is a directory, not a file", "point the config at a .csv, .jsonl or .parquet file")
+    if not path.is_file():
+        raise InputFileError(path, None, "is not a regular file (a device, FIFO or socket)",
+                             "point the config at a .csv, .jsonl or .parquet file")
     if path.stat().st_size == 0:
         raise InputFileError(path, None, "file is empty (0 bytes)", "re-export the file; it must have a header (CSV) or rows")
     suffix = path.suffix.lower()
