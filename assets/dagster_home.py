@@ -17,6 +17,22 @@ from pathlib import Path
 
 READY = ".unisid-instance-ready"
 LOCK = ".unisid-instance.lock"
+INSTANCE_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "dagster_instance.yaml"
+
+
+def link_instance_config(dagster_home: str | os.PathLike, replace: bool = False) -> None:
+    """Make `<dagster_home>/dagster.yaml` a link to the project's instance settings (configs/dagster_instance.yaml).
+
+    An existing file is kept unless `replace`: a home with its own settings stays as it is. Without the link, Dagster
+    would create the home with its defaults and say it found no dagster.yaml.
+    """
+    link = Path(dagster_home) / "dagster.yaml"
+    if link.is_symlink() or link.exists():
+        if not replace:
+            return
+        link.unlink()
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(INSTANCE_CONFIG)  # not ./dagster.yaml at the repo root: `dagster dev` would call it unused
 
 
 def ensure_instance(dagster_home: str | os.PathLike) -> bool:
@@ -30,6 +46,7 @@ def ensure_instance(dagster_home: str | os.PathLike) -> bool:
         fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes, also when this process dies
         if (home / READY).exists():
             return False
+        link_instance_config(home)
         from dagster import DagsterInstance
 
         with DagsterInstance.from_config(str(home)) as instance:

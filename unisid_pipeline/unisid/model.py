@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unisid_pipeline.hf_quiet import quiet_loading
 from unisid_pipeline.models.rq import RQKMeansConfig, RQKMeansTokenizer, fit_rq_kmeans
 from unisid_pipeline.seeding import resolve_device
 from unisid_pipeline.unisid.config import UniSIDConfig
@@ -72,9 +73,10 @@ def load_backbone(config: UniSIDConfig) -> tuple[nn.Module, Any]:
     path = minilm_path() if config.backbone == "minilm" else Path(config.backbone)
     if not path.is_dir():
         raise ValueError(f"backbone folder {str(path)!r} does not exist: use 'minilm', 'tiny' or a local model folder")
-    tok = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModel.from_pretrained(str(path), dtype=torch.float32,
-                                      attn_implementation=config.attn_implementation)
+    with quiet_loading():
+        tok = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModel.from_pretrained(str(path), dtype=torch.float32,
+                                          attn_implementation=config.attn_implementation)
     return model, tok
 
 

@@ -33,7 +33,7 @@ if [ -d .gwh ] && [ ! -f $G/started ]; then
   [ -f $G/installed ] || { log "not installed yet: the run is not started"; exit 1; }
   rm -rf /tmp/repo && mkdir -p /tmp/repo && cp -r . /tmp/repo/ && rm -rf /tmp/repo/.gw*
   mkdir -p $UNISID_HOME && cp -r .gwh/. $UNISID_HOME/ && mkdir -p $DAGSTER_HOME
-  ln -sf /tmp/repo/dagster.yaml $DAGSTER_HOME/dagster.yaml
+  ln -sf /tmp/repo/configs/dagster_instance.yaml $DAGSTER_HOME/dagster.yaml
   mem=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
   extra=""
   if [ "$mem" -lt 100000 ]; then  # 9 compiled recommenders used 107 GB on an H200: on an 80 GB card, 6 at a time
