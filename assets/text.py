@@ -62,8 +62,10 @@ def ad_summaries(context: AssetExecutionContext, config: SummaryRun, mlflow: Mlf
             n = cache.import_parquet(config.import_cache)
             context.log.info(f"imported {n:,} cached summaries from {config.import_cache}")
         t0 = time.perf_counter()
-        summarizer = build_summarizer(core)
+        summarizer = build_summarizer(core, converted_root=paths.converted_models(project_home.root))
         load_s = time.perf_counter() - t0
+        if summarizer.backend != "template":
+            context.log.info(f"summary model {summarizer.model_id} loaded in {load_s:.1f}s from {summarizer.loaded_from}")
         params = {**core.__dict__, "model_id": summarizer.model_id, "backend": summarizer.backend,
                   "prompt_version": getattr(summarizer, "prompt_version", ""), "n_ads": raw_ads.height}
         if summarizer.backend != "template":  # the template backend runs no model

@@ -47,3 +47,8 @@ def mlflow_artifacts(home: Path) -> Path:
 def cache_db(home: Path) -> Path:
     """Summary and embedding caches: a DuckDB file of their own, so cache connections never meet the warehouse's."""
     return home / "cache.duckdb"
+
+
+def converted_models(home: Path) -> Path:
+    """Converted copies of GGUF summary models (`llm.gguf_copy`): a cache, rebuilt when missing."""
+    return home / "models"

