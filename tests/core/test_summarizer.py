@@ -532,6 +532,7 @@ def test_real_smollm2_summaries():
     assert all(s.startswith("For ") for s in out if s != FALLBACK_SUMMARY)
 
 
+@pytest.mark.slow  # ~40 s: one GGUF parse; the default suite keeps the tiny copy test below
 def test_a_gguf_model_is_converted_once_and_its_copy_writes_the_same_summaries(tmp_path):
     """The default SmolLM2 GGUF costs ~30 s to parse on every load; the converted copy under the home loads in
     about a second and must write token-for-token the same summaries (same model_id, so cache rows stay valid)."""
