@@ -1,7 +1,7 @@
 """Write configs/demo_summaries.parquet: the demo world's LLM summaries that `make demo` imports instead of generating.
 
 The demo summarises only every LIVE_EVERY-th ad of the embedded synthetic world with the real LLM (SmolLM2-135M,
-about half a second per ad on 2 cores) and takes the other ads' summaries from this file, which holds summaries made
+about 0.8 s per ad on 2 cores) and takes the other ads' summaries from this file, which holds summaries made
 by the same model file with the same prompt. The cache key is (ad content hash, model id, prompt version) and the
 model id includes a digest of the GGUF file, so another model, another prompt or changed ads never reuse these rows:
 they are summarised live instead (the demo is then slower, not wrong). `tests/core/test_demo_summary_cache.py`

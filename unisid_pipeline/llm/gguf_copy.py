@@ -1,9 +1,9 @@
 """A GGUF summary model, converted once into a plain safetensors folder that loads in about a second.
 
-transformers reads a GGUF file by parsing its metadata once per `from_pretrained` (config, tokenizer, weights:
-four passes over ~590k fields) and dequantizes every tensor into float32: ~30 s for the 135M-parameter SmolLM2 on
-2 cores, on every run. `converted_folder` keeps what that produced — the float32 weights, config, generation config
-and tokenizer, written by `save_pretrained` — under `<root>/<model id>/`, so later loads read the same numbers from
+transformers reads a GGUF file by parsing its metadata in each `from_pretrained` (config twice, tokenizer, weights:
+~590k field reads in all) and dequantizes every tensor into float32: ~30 s for the 135M-parameter SmolLM2 on
+2 cores, on every run. `save_converted` keeps what that produced — the float32 weights, config, generation config
+and tokenizer, written by `save_pretrained` — under `copy_folder(root, model id)`, so later loads read the same numbers from
 safetensors. The model id holds a digest of the GGUF file (`cache.local_model_id`): another file never reuses a copy.
 
 The folder is written next to its final place and renamed into it (a killed conversion leaves no half copy), and
