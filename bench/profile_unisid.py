@@ -109,8 +109,6 @@ def main() -> None:
     ap.add_argument("--cprofile", action="store_true",
                     help="also run the UniSID loop under cProfile: the Python functions with the most own time "
                          "(time blocked in a host-device sync shows up in the call that syncs)")
-    ap.add_argument("--build-ahead", action="store_true",
-                    help="assemble the next micro-batch in a thread while the device runs this one (train_unisid build_ahead)")
     ap.add_argument("--sdp", choices=["pipeline", "no-cudnn", "cudnn-allowed"], default="pipeline",
                     help="attention kernels: pipeline = UniSID's own choice (unisid.model.attention_kernels: no cuDNN); "
                          "no-cudnn = cuDNN off globally too; cudnn-allowed = PyTorch's default choice (cuDNN on Hopper)")
@@ -177,8 +175,7 @@ def main() -> None:
         report.attach_text(buf.getvalue(), "cprofile.txt")
         print(buf.getvalue())
     else:
-        model, _ = train_unisid(cfg, ads, None, labels, seed=0, device=args.device, on_step=on_step,
-                                build_ahead=args.build_ahead)
+        model, _ = train_unisid(cfg, ads, None, labels, seed=0, device=args.device, on_step=on_step)
     if prof is not None:
         prof.stop()
     timed = steps[1:] or steps

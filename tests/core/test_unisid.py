@@ -257,27 +257,6 @@ def test_same_seed_same_codes_and_other_seed_differs(ads):
     assert [s["loss"] for s in h1["step"]] == [s["loss"] for s in h2["step"]]
 
 
-def test_batches_built_ahead_in_a_thread_train_the_same_model(ads, tmp_path):
-    """build_ahead assembles the next micro-batch in a thread while the device works; it must be the very batch the
-    inline path builds, with accumulation, checkpoints and a resume in between."""
-    cfg = train_cfg(max_steps=5, grad_accum_steps=2, batch_size=6, checkpoint_every=2)
-    labels = labels_of(ads)
-    inline, h_inline = train_unisid(cfg, ads, None, labels, seed=3, device="cpu", build_ahead=False)
-    ahead, h_ahead = train_unisid(cfg, ads, None, labels, seed=3, device="cpu", build_ahead=True)
-    assert [s["loss"] for s in h_ahead["step"]] == [s["loss"] for s in h_inline["step"]]
-    assert [s["tokens"] for s in h_ahead["step"]] == [s["tokens"] for s in h_inline["step"]]
-    assert np.array_equal(ahead.encode(ads)[2], inline.encode(ads)[2])
-
-    def crash(rec):
-        if rec["step"] == 3:
-            raise RuntimeError("killed")
-    with pytest.raises(RuntimeError, match="killed"):
-        train_unisid(cfg, ads, None, labels, seed=3, device="cpu", checkpoint_dir=tmp_path, on_step=crash,
-                     build_ahead=True)
-    resumed, _ = train_unisid(cfg, ads, None, labels, seed=3, device="cpu", checkpoint_dir=tmp_path, build_ahead=True)
-    assert np.array_equal(resumed.encode(ads)[2], inline.encode(ads)[2])
-
-
 def test_resume_after_crash_equals_uninterrupted_run(ads, tmp_path):
     cfg = train_cfg(max_steps=7, grad_accum_steps=2, batch_size=6, checkpoint_every=3)
     labels = labels_of(ads)

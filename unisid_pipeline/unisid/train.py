@@ -20,7 +20,6 @@ import hashlib
 import logging
 import math
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -173,7 +172,6 @@ def train_unisid(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     partners: Partners | None = None,
     retrieval_pairs: np.ndarray | None = None,
-    build_ahead: bool = False,
 ) -> tuple[UniSIDModel, dict[str, list[dict[str, Any]]]]:
     """Train UniSID on `ads` (raw_ads schema); return (model in eval mode, history).
 
@@ -183,9 +181,6 @@ def train_unisid(
     it; checkpoints are written every config.checkpoint_every steps and at the end.
     partners: co-interaction partners of every ad row (`unisid.pairs.co_interaction_partners`); needed
     when config.emb_positives == "co_interaction", ignored otherwise.
-    build_ahead: assemble the next micro-batch in a thread while the device runs the current one; the batches, and
-    so the results, are the same either way. Off until its GPU speed-up is measured (bench/profile_unisid.py
-    --build-ahead).
     retrieval_pairs: (m, 2) ad row indices (query, positive), e.g. held-out next clicks: each epoch then
     reports the embedding's retrieval_r10 (1 positive among 999 random ads, `retrieval.retrieval_recall`).
     With model.sid_source == "embedding_rq" the quantizer is fitted on the catalog's embeddings at the end
@@ -301,8 +296,7 @@ def train_unisid(
 
     def assemble(m: int) -> tuple[np.ndarray, np.ndarray, Any, int, Any, Any]:
         """Micro-batch m (global index over ranks) on the host: its ads, their second views' ads, the padded views,
-        their token count and the L_rec targets. It depends on the seed and m only, so it can be built while the
-        device still works on the previous one."""
+        their token count and the L_rec targets. It depends on the seed and m only."""
         epoch, c = divmod(m, len(chunks))
         if epoch not in order_cache:
             order_cache.clear()
@@ -320,24 +314,6 @@ def train_unisid(
             rec_ids, rec_mask = pad_targets([rec_targets[i] for i in idx], objective.rec.pad_id)
         return idx, second, views, int(views.attention_mask.sum()), rec_ids, rec_mask
 
-    def micro_index(step: int, a: int) -> int:
-        return (step * accum + a) * world + ctx.rank
-
-    # With build_ahead the next micro-batch is assembled in a thread while the device runs this one (the Python
-    # batch assembly was most of a GPU step's host time); the batches are the same either way.
-    ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unisid-batches") if build_ahead else None
-    pending: dict[int, Future] = {}
-
-    def micro_batch(step: int, a: int) -> tuple[np.ndarray, np.ndarray, Any, int, Any, Any]:
-        m = micro_index(step, a)
-        if ahead is None:
-            return assemble(m)
-        future = pending.pop(m, None) or ahead.submit(assemble, m)
-        nxt = micro_index(step, a + 1) if a + 1 < accum else micro_index(step + 1, 0) if step + 1 < total_steps else None
-        if nxt is not None and nxt not in pending:
-            pending[nxt] = ahead.submit(assemble, nxt)
-        return future.result()
-
     epoch_losses: list[float] = []
     if history["step"]:
         last_epoch = history["step"][-1]["epoch"]
@@ -350,7 +326,7 @@ def train_unisid(
         loss_sum = None  # LOSS_KEYS on the device: read once per step (each read is a host-device sync)
         n_ads = n_tokens = 0
         for a in range(accum):
-            idx, second, views, views_tokens, rec_ids, rec_mask = micro_batch(step, a)
+            idx, second, views, views_tokens, rec_ids, rec_mask = assemble((step * accum + a) * world + ctx.rank)
             n_tokens += views_tokens  # counted on the host, before the copy
             views = views.to(dev)
             pair_kw = {}
@@ -406,8 +382,6 @@ def train_unisid(
         if on_epoch is not None and ctx.is_main:
             for ep_rec in ep_recs:
                 on_epoch(ep_rec)
-    if ahead is not None:
-        ahead.shutdown(wait=True, cancel_futures=True)
     model.eval()
     if mcfg.sid_source == "embedding_rq":
         t0 = time.perf_counter()
