@@ -64,12 +64,11 @@ def ad_summaries(context: AssetExecutionContext, config: SummaryRun, mlflow: Mlf
         t0 = time.perf_counter()
         summarizer = build_summarizer(core, converted_root=paths.converted_models(project_home.root))
         load_s = time.perf_counter() - t0
-        if summarizer.backend != "template":
-            context.log.info(f"summary model {summarizer.model_id} loaded in {load_s:.1f}s from {summarizer.loaded_from}")
         params = {**core.__dict__, "model_id": summarizer.model_id, "backend": summarizer.backend,
                   "prompt_version": getattr(summarizer, "prompt_version", ""), "n_ads": raw_ads.height}
         if summarizer.backend != "template":  # the template backend runs no model
             params["device_used"] = core.device
+            context.log.info(f"summary model {summarizer.model_id} loaded in {load_s:.1f}s from {summarizer.loaded_from}")
         with mlflow.run_for(context, params=params) as run:
             t1 = time.perf_counter()
             table = summarize_ads(raw_ads, summarizer, cache, progress=_progress_logger(context, "summaries", run),

@@ -464,11 +464,12 @@ class TransformersSummarizer:
         import torch  # noqa: F401  (heavy imports only when a real model is used)
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-        self.model_id = model_id or local_model_id(self.model_dir, gguf_file)
+        file_id = local_model_id(self.model_dir, gguf_file)
+        self.model_id = model_id or file_id
         source, kwargs = self.model_dir, {"local_files_only": True}
         converted = None
         if gguf_file and converted_root:  # keyed by the file's digest, whatever model_id the caller gave
-            converted = gguf_copy.copy_folder(converted_root, local_model_id(self.model_dir, gguf_file))
+            converted = gguf_copy.copy_folder(converted_root, file_id)
         if converted is not None and gguf_copy.ready(converted):
             source = converted  # the same float32 weights and tokenizer, without re-parsing the GGUF file
         elif gguf_file is not None:

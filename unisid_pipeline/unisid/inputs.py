@@ -205,7 +205,7 @@ class AdInputBuilder:
                 "or shorten the instruction")
 
     def _ids(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+        return self._ids_batch([text])[0] if text else []
 
     def _ids_batch(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text, no special tokens: what `tokenizer(texts, add_special_tokens=False)` gives,
