@@ -9,7 +9,10 @@ Rows:
   backward) on random full-length token ids, batch = 2 x batch-size sequences (UniSID reads two views per ad);
 - unisid: `train_unisid` with the recipe's losses (L_sid, L_emb with two-view positives, L_rec with the tiny
   decoder), batch-size ads, the first step excluded;
-- encode: `UniSIDModel.encode_heads` over all n-ads (host tokenisation included), batch 2048.
+- encode: `UniSIDModel.encode_heads` over --encode-n-ads ads (default n-ads; synthetic ads repeated past 100,000),
+  batch --encode-batch-size: the catalog tokenised once (`AdInputBuilder.encode_ads`, timed as its own row, as
+  training and `unisid_sids` do), then the pre-tokenised forward passes; the third row is both together.
+MFU = 6 x backbone parameters x tokens/s (training) or 2 x ... (encode) over --peak-tflops.
 Views/s compares the two training loops (a view = one backbone sequence). With --profile (default on CUDA) three
 UniSID steps run under torch.profiler: the ops with the most device time and the most host time, the kernel
 launches per step and the share of the step the device is busy, appended to the logged run as text.
@@ -29,6 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import polars as pl  # noqa: E402
 import torch  # noqa: E402
 from bench_unisid import synthetic_ads  # noqa: E402
 from report import Report, add_report_args  # noqa: E402
@@ -62,6 +66,8 @@ def ceiling(backbone_dir: str, n_seq: int, length: int, steps: int, dev: torch.d
     vocab = model.config.vocab_size
     ids = torch.randint(1000, vocab, (n_seq, length), device=dev)
     mask = torch.ones_like(ids)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
     times = []
     for _ in range(steps + 1):
         sync(dev)
@@ -76,8 +82,9 @@ def ceiling(backbone_dir: str, n_seq: int, length: int, steps: int, dev: torch.d
         times.append(time.perf_counter() - t0)
     secs = sum(times[1:]) / steps
     n_params = sum(p.numel() for p in model.parameters())
+    peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
     del model, opt
-    return {"s/step": secs, "views/s": n_seq / secs, "tokens/s": n_seq * length / secs, "params": n_params}
+    return {"s/step": secs, "views/s": n_seq / secs, "tokens/s": n_seq * length / secs, "params": n_params, "peak GiB": peak}
 
 
 def profile_table(prof, dev: torch.device, n_steps: int, step_wall: float) -> tuple[str, dict]:
@@ -106,6 +113,9 @@ def main() -> None:
     ap.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
                     help="torch.profiler over 3 UniSID steps (default: on CUDA)")
     ap.add_argument("--encode-batch-size", type=int, default=2048)
+    ap.add_argument("--encode-n-ads", type=int, default=0, help="ads to encode (0 = n-ads)")
+    ap.add_argument("--peak-tflops", type=float, default=989.0,
+                    help="bf16 dense peak of the device for the MFU column (H100/H200 SXM: 989; 0 = skip)")
     ap.add_argument("--cprofile", action="store_true",
                     help="also run the UniSID loop under cProfile: the Python functions with the most own time "
                          "(time blocked in a host-device sync shows up in the call that syncs)")
@@ -134,6 +144,9 @@ def main() -> None:
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
 
     ads = synthetic_ads(args.n_ads)
+
+    def mfu(flops_per_param_token: int, params: int, tokens_per_s: float) -> float | None:
+        return 100 * flops_per_param_token * params * tokens_per_s / (args.peak_tflops * 1e12) if args.peak_tflops else None
     labels = encode_level_labels(labels_from_category_path(ads))
     cfg = UniSIDTrainConfig(
         model=UniSIDConfig(backbone=backbone, max_length=args.max_length, sid_source="head"), emb_positives="view",
@@ -145,7 +158,8 @@ def main() -> None:
                     args.steps, dev, args.amp)
         rows.append({"loop": "ceiling (plain backbone step)", "device": name, "batch ads": args.batch_size,
                      "views/step": 2 * args.batch_size, "s/step": c["s/step"], "ads/s": c["views/s"] / 2,
-                     "views/s": c["views/s"], "tokens/s": c["tokens/s"], "share of ceiling %": 100.0})
+                     "views/s": c["views/s"], "tokens/s": c["tokens/s"], "share of ceiling %": 100.0,
+                     "MFU %": mfu(6, c["params"], c["tokens/s"]), "peak GiB": c["peak GiB"]})
 
     steps: list[dict] = []
     do_profile = args.profile if args.profile is not None else dev.type == "cuda"
@@ -183,23 +197,35 @@ def main() -> None:
     n_ads = sum(s["ads"] for s in timed) / len(timed)
     toks = sum(s["tokens"] for s in timed) / len(timed)
     peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
+    backbone_params = sum(p.numel() for p in model.backbone.parameters())
     row = {"loop": "unisid (train_unisid)", "device": name, "batch ads": args.batch_size, "views/step": 2 * n_ads,
            "s/step": secs, "ads/s": n_ads / secs, "views/s": 2 * n_ads / secs, "tokens/s": toks / secs,
            "share of ceiling %": 100 * (2 * n_ads / secs) / rows[0]["views/s"] if rows else None,
-           "peak GiB": peak}
+           "MFU %": mfu(6, backbone_params, toks / secs), "peak GiB": peak}
     text = None
     if prof is not None:
         text, stats = profile_table(prof, dev, 3, secs)
         row.update(stats)
     rows.append(row)
 
+    n_enc = args.encode_n_ads or args.n_ads
+    base = ads if n_enc <= ads.height else synthetic_ads(min(n_enc, 100_000))
+    reps = -(-n_enc // base.height)
+    big = pl.concat([base] * reps)[:n_enc].with_columns(pl.int_range(0, n_enc, dtype=pl.Int64).alias("ad_id"))
+    t0 = time.perf_counter()
+    encoded = model.builder.encode_ads(big)
+    tok_s = time.perf_counter() - t0
+    enc_tokens = int(encoded.token_lengths().clip(max=args.max_length).sum())
     sync(dev)
     t0 = time.perf_counter()
-    model.encode_heads(ads, batch_size=args.encode_batch_size, device=args.device, amp=args.amp)
+    model.encode_heads(big, batch_size=args.encode_batch_size, device=args.device, amp=args.amp, encoded=encoded)
     sync(dev)
-    enc = time.perf_counter() - t0
-    rows.append({"loop": "encode (encode_heads, host tokenisation included)", "device": name,
-                 "batch ads": args.encode_batch_size, "s/step": None, "ads/s": args.n_ads / enc})
+    fwd_s = time.perf_counter() - t0
+    for loop, secs_ in (("tokenise the catalog (encode_ads, host)", tok_s), ("encode, pre-tokenised (encode_heads)", fwd_s),
+                        ("encode with tokenisation", tok_s + fwd_s)):
+        rows.append({"loop": loop, "device": name, "batch ads": args.encode_batch_size, "n ads": n_enc,
+                     "seconds": secs_, "ads/s": n_enc / secs_,
+                     "MFU %": mfu(2, backbone_params, enc_tokens / secs_) if "pre-tokenised" in loop else None})
     report.table(rows, title="UniSID training and encode against a plain backbone loop")
     if text:
         report.attach_text(text, "profile.md")

@@ -32,7 +32,7 @@ T=${GPU_ROOT:-/tmp}; D=$T/bdata; R=$T/res; export D R
 exclude() { mkdir -p .git/info; grep -qx "/$1/" .git/info/exclude 2>/dev/null || echo "/$1/" >> .git/info/exclude; }
 
 setup_remote() {
-  export PYTHONPATH=$T/site:$T/repo HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+  export PYTHONPATH=$T/site:$T/repo HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
   export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1   # never NVLink multicast here
   export OMP_NUM_THREADS=1 TORCHINDUCTOR_COMPILE_THREADS=2 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
   mkdir -p $T/site $T/repo $D $R

@@ -128,6 +128,68 @@ def test_views_are_reproducible_and_differ_from_the_clean_input(model, ads):
     assert v1.shape != clean.shape or not torch.equal(v1, clean)
 
 
+def _reference_row(b, ad, text=None, attrs=None):
+    """One ad's (ids, slot positions) as the inputs module docstring lays them out, written per row in Python."""
+    text = ad.text_ids if text is None else text
+    attr = [t for seg in (ad.attr_ids if attrs is None else attrs) for t in seg]
+    a_keep = min(len(attr), max(b.budget - len(text), b.budget // 2))
+    t_keep = min(len(text), b.budget - a_keep)
+    head = b.prefix + b.instr_ids
+    ids = head + [b.pad_id] * b.n_image_slots + text[:t_keep] + attr[:a_keep] + b.suffix
+    slots = list(range(len(head), len(head) + b.n_image_slots)) + list(range(len(ids), len(ids) + b.n_levels + 1))
+    return ids + [b.pad_id] * (b.n_levels + 1), slots
+
+
+@pytest.mark.parametrize("max_length", [24, 64])
+def test_batches_follow_the_documented_layout_row_by_row(model, ads, max_length):
+    """The vectorised batch assembly gives, for every row, what the per-row layout gives (truncated or not)."""
+    from unisid_pipeline.unisid.inputs import AdInputBuilder
+
+    long = ads.with_columns(pl.when(pl.col("ad_id") == 1001).then(pl.lit("very long title " * 40))
+                            .otherwise(pl.col("title")).alias("title"))
+    b = AdInputBuilder(model.tokenizer, max_length, "Represent this ad:", 1, MODEL.n_levels, True)
+    enc = b.encode_ads(long)
+    rows = np.array([3, 1, 1, 0, 5, 2])
+    batch = b.collate(enc, np.zeros((len(rows), 4), np.float32), rows=rows)
+    for i, r in enumerate(rows):
+        ids, slots = _reference_row(b, enc[int(r)])
+        n = int(batch.attention_mask[i].sum())
+        assert batch.input_ids[i, :n].tolist() == ids and n <= max_length
+        assert (batch.input_ids[i, n:] == b.pad_id).all() and not batch.attention_mask[i, n:].any()
+        assert batch.slot_positions[i].tolist() == slots
+
+
+def test_views_drop_text_tokens_and_shuffle_attribute_segments_within_each_ad(model, ads):
+    """A view keeps an in-order part of the ad's text (never nothing) and all of its attribute segments in some order,
+    each row from its own ad; the same generator state gives the same view."""
+    from unisid_pipeline.unisid.inputs import AdInputBuilder
+
+    b = AdInputBuilder(model.tokenizer, 512, "Represent this ad:", 1, MODEL.n_levels, True)  # nothing truncated
+    enc = b.encode_ads(ads)
+    rows = np.r_[0:len(enc), 0:len(enc)]
+    img = np.zeros((len(rows), 4), np.float32)
+    views = b.collate(enc, img, np.random.default_rng(3), 0.5, True, rows=rows)
+    again = b.collate(enc, img, np.random.default_rng(3), 0.5, True, rows=rows)
+    assert torch.equal(views.input_ids, again.input_ids)
+    body_start = len(b.prefix) + len(b.instr_ids) + b.n_image_slots
+    dropped = shuffled = 0
+    for i, r in enumerate(rows):
+        ad = enc[int(r)]
+        n = int(views.attention_mask[i].sum())
+        body = views.input_ids[i, body_start:n - len(b.suffix) - MODEL.n_levels - 1].tolist()
+        n_attr = sum(map(len, ad.attr_ids))
+        text, attr = body[:len(body) - n_attr], body[len(body) - n_attr:]
+        it = iter(ad.text_ids)
+        assert all(t in it for t in text) and (len(text) >= 1 or not ad.text_ids)  # an in-order subsequence
+        cut = [j + 1 for j, t in enumerate(attr) if t == ad.attr_ids[0][-1]]  # every segment ends with ';'
+        segs = [attr[a:c] for a, c in zip([0] + cut[:-1], cut)]
+        assert sorted(segs) == sorted(ad.attr_ids)
+        assert views.slot_positions[i].tolist() == _reference_row(b, ad, text, segs)[1]
+        dropped += len(text) < len(ad.text_ids)
+        shuffled += segs != ad.attr_ids
+    assert dropped > len(rows) // 4 and shuffled > len(rows) // 4
+
+
 # ---------------------------------------------------------------- losses
 
 
@@ -178,7 +240,7 @@ def _losses(model, ads, cfg, seed=0):
     from unisid_pipeline.unisid.inputs import attribute_target_text, image_matrix, pad_targets, tokenize_targets
 
     img = image_matrix(ads[:8], 4)
-    views = b.collate(enc + enc, np.concatenate([img, img]), np.random.default_rng(0), 0.1, True)
+    views = b.collate(enc, np.concatenate([img, img]), np.random.default_rng(0), 0.1, True, rows=np.r_[0:8, 0:8])
     tg = tokenize_targets(model.tokenizer, [attribute_target_text(r) for r in ads[:8].to_dicts()], 32)
     ids, mask = pad_targets(tg, model.tokenizer.pad_token_id)
     model.eval()  # no dropout -> identical forward passes across configs
@@ -231,7 +293,7 @@ def test_encode_is_deterministic_and_survives_pickle(model, ads):
 
 
 def test_training_learns_categories(ads):
-    cfg = train_cfg(max_steps=30, use_rec=False)
+    cfg = train_cfg(max_steps=60, use_rec=False)  # at 30 steps, level-1 ARI ranged 0.0-1.0 over seeds 0-5; at 60, 0.66-1.0
     epochs = []
     model, hist = train_unisid(cfg, ads, None, labels_of(ads), seed=0, device="cpu", on_epoch=epochs.append)
     sid = [s["loss_sid"] for s in hist["step"]]
@@ -242,7 +304,7 @@ def test_training_learns_categories(ads):
     from sklearn.metrics import adjusted_rand_score
 
     assert adjusted_rand_score(top, codes[:, 0]) > 0.5
-    assert epochs == hist["epoch"] and len(epochs) == 15
+    assert epochs == hist["epoch"] and len(epochs) == 30
     assert 0 < epochs[-1]["code_usage_l1"] <= 1 and epochs[-1]["code_perplexity_l1"] >= 1
 
 

@@ -146,13 +146,107 @@ def build_tiny_tokenizer():
 # ---------------------------------------------------------------- tokenised ads and batches
 
 
+class Ragged:
+    """Variable-length int64 id lists stored flat: ``values[offsets[i]:offsets[i + 1]]`` is list i. Rows of many lists
+    are gathered and padded with numpy in a few vectorised passes, never a Python loop per list."""
+
+    def __init__(self, values: np.ndarray, offsets: np.ndarray) -> None:
+        self.values = np.ascontiguousarray(values, dtype=np.int64)
+        self.offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+
+    @classmethod
+    def from_lists(cls, lists: Sequence[Sequence[int]]) -> "Ragged":
+        lengths = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
+        offsets = np.zeros(len(lists) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        values = np.fromiter((t for x in lists for t in x), dtype=np.int64, count=int(offsets[-1]))
+        return cls(values, offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> list[int]:
+        return self.values[self.offsets[i]:self.offsets[i + 1]].tolist()
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def take(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the lists of `rows` concatenated, their lengths)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        starts = self.offsets[rows]
+        lengths = self.offsets[rows + 1] - starts
+        return self.values[_ragged_index(starts, lengths)], lengths
+
+    def subset(self, rows: np.ndarray) -> "Ragged":
+        values, lengths = self.take(rows)
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        return Ragged(values, offsets)
+
+    def pad(self, rows: np.ndarray, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded (ids, mask) int64 tensors (len(rows), longest) of the lists of `rows`."""
+        values, lengths = self.take(rows)
+        return _pad_flat(values, lengths, pad_id)
+
+
+def _ragged_index(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Flat indices of the ranges [starts[i], starts[i] + lengths[i]), concatenated."""
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    begin = np.cumsum(lengths) - lengths  # where each range begins in the output
+    return np.repeat(starts - begin, lengths) + np.arange(total, dtype=np.int64)
+
+
+def _positions(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, position within its row) of every element of rows with these lengths, concatenated."""
+    row = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+    begin = np.cumsum(lengths) - lengths
+    return row, np.arange(int(lengths.sum()), dtype=np.int64) - begin[row]
+
+
+def _pad_flat(values: np.ndarray, lengths: np.ndarray, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    t = int(lengths.max()) if len(lengths) else 0
+    mask = np.arange(t)[None, :] < lengths[:, None]
+    ids = np.full((len(lengths), t), pad_id, dtype=np.int64)
+    ids[mask] = values  # row-major order of the mask = the rows' values concatenated
+    return torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64))
+
+
 @dataclass
 class EncodedAd:
-    """One ad's token ids, before views and truncation. Read-only: ads with the same attribute value share
-    that segment's list."""
+    """One ad's token ids, before views and truncation (a read-only copy out of an `EncodedCatalog`)."""
 
     text_ids: list[int]
     attr_ids: list[list[int]]  # one list per attribute segment (each ends with ';')
+
+
+@dataclass
+class EncodedCatalog:
+    """The token ids of a catalog of ads, before views and truncation, as flat arrays.
+
+    text: per ad, the ids of title + description. segments: the ids of each distinct attribute segment
+    ("key: value;"), each tokenised once. ad_segments: per ad, the indices of its segments in their fixed order."""
+
+    text: Ragged
+    segments: Ragged
+    ad_segments: Ragged
+
+    def __len__(self) -> int:
+        return len(self.text)
+
+    def __getitem__(self, i: int) -> EncodedAd:
+        return EncodedAd(self.text[i], [self.segments[int(s)] for s in self.ad_segments[i]])
+
+    def subset(self, rows: np.ndarray) -> "EncodedCatalog":
+        return EncodedCatalog(self.text.subset(rows), self.segments, self.ad_segments.subset(rows))
+
+    def token_lengths(self) -> np.ndarray:
+        """Per ad, its text and attribute ids before truncation."""
+        per_seg = np.concatenate([[0], np.cumsum(self.segments.lengths[self.ad_segments.values])])
+        return self.text.lengths + per_seg[self.ad_segments.offsets[1:]] - per_seg[self.ad_segments.offsets[:-1]]
 
 
 @dataclass
@@ -168,9 +262,19 @@ class AdBatch:
 
     def to(self, device: torch.device | str) -> "AdBatch":
         return AdBatch(
-            self.input_ids.to(device), self.attention_mask.to(device), self.slot_positions.to(device),
-            None if self.image_features is None else self.image_features.to(device),
+            to_device(self.input_ids, device), to_device(self.attention_mask, device),
+            to_device(self.slot_positions, device),
+            None if self.image_features is None else to_device(self.image_features, device),
         )
+
+
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """`t` on `device`; a host tensor goes to a GPU through pinned memory without waiting (a plain copy from pageable
+    memory waits for the GPU to finish its queued work, so the host could not prepare the next step meanwhile)."""
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 class AdInputBuilder:
@@ -217,62 +321,72 @@ class AdInputBuilder:
             return [e.ids for e in self._backend.encode_batch(texts, add_special_tokens=False)]
         return [list(x) for x in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
-    def encode_ads(self, ads: pl.DataFrame) -> list[EncodedAd]:
+    def encode_ads(self, ads: pl.DataFrame) -> EncodedCatalog:
         rows = ads.to_dicts()
         texts = [text_part(r) for r in rows]
         segs = [attribute_segments(r, self.use_category) for r in rows]
-        text_ids = self._ids_batch(texts)
-        flat = [" " + s + ";" for ss in segs for s in ss]
         # attribute values repeat across a catalog (brand, category, landing type, price bucket): each distinct
         # segment is tokenised once
-        distinct = list(dict.fromkeys(flat))
-        lookup = dict(zip(distinct, self._ids_batch(distinct)))
-        flat_ids = [lookup[s] for s in flat]
-        out, k = [], 0
-        for i in range(len(rows)):
-            n = len(segs[i])
-            out.append(EncodedAd(text_ids[i], flat_ids[k:k + n]))  # segment lists shared between ads: read-only
-            k += n
-        return out
+        index: dict[str, int] = {}
+        ad_segments = [[index.setdefault(" " + s + ";", len(index)) for s in ss] for ss in segs]
+        return EncodedCatalog(Ragged.from_lists(self._ids_batch(texts)), Ragged.from_lists(self._ids_batch(list(index))),
+                              Ragged.from_lists(ad_segments))
 
-    def sequence(self, ad: EncodedAd, rng: np.random.Generator | None = None,
-                 token_drop_prob: float = 0.0, shuffle_attributes: bool = False) -> tuple[list[int], list[int]]:
-        """(ids, slot_positions) of one ad; with `rng`, a stochastic view (token dropout, shuffled attributes)."""
-        text = ad.text_ids
-        attrs = ad.attr_ids
-        if rng is not None:
-            if token_drop_prob > 0 and len(text) > 1:
-                keep = rng.random(len(text)) >= token_drop_prob
-                if not keep.any():
-                    keep[rng.integers(len(text))] = True
-                text = [t for t, k in zip(text, keep) if k]
-            if shuffle_attributes and len(attrs) > 1:
-                attrs = [attrs[j] for j in rng.permutation(len(attrs))]
-        attr = [t for seg in attrs for t in seg]
-        b = self.budget
-        attr_keep = min(len(attr), max(b - len(text), b // 2))
-        text_keep = min(len(text), b - attr_keep)
-        body = text[:text_keep] + attr[:attr_keep]
-        head = self.prefix + self.instr_ids
-        img_pos = list(range(len(head), len(head) + self.n_image_slots))
-        ids = head + [self.pad_id] * self.n_image_slots + body + self.suffix
-        tail_start = len(ids)
-        ids = ids + [self.pad_id] * (self.n_levels + 1)
-        slots = img_pos + list(range(tail_start, tail_start + self.n_levels + 1))
-        return ids, slots
-
-    def collate(self, ads: Sequence[EncodedAd], images: np.ndarray | None = None,
+    def collate(self, catalog: EncodedCatalog, images: np.ndarray | None = None,
                 rng: np.random.Generator | None = None, token_drop_prob: float = 0.0,
-                shuffle_attributes: bool = False) -> AdBatch:
-        seqs = [self.sequence(a, rng, token_drop_prob, shuffle_attributes) for a in ads]
-        ids, mask = _pad_rows([s[0] for s in seqs], self.pad_id)
-        slots = torch.from_numpy(np.array([s[1] for s in seqs], dtype=np.int64))
+                shuffle_attributes: bool = False, rows: np.ndarray | None = None) -> AdBatch:
+        """The padded batch of the ads `rows` of `catalog` (default: all, in order); `images` are those rows' features.
+
+        Each row is laid out as in the module docstring; with `rng`, a stochastic view: each text token is dropped
+        with probability token_drop_prob (texts of 2+ tokens keep at least one), and the attribute segments are
+        shuffled. The budget of text + attribute tokens is max_length minus the fixed tokens: attributes keep at least
+        half of it when the text is longer, the text takes what the attributes leave. Vectorised over the batch
+        (a Python loop per ad made batch assembly most of a GPU training step)."""
+        rows = np.arange(len(catalog), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+        n = len(rows)
+        text, t_len = catalog.text.take(rows)
+        if rng is not None and token_drop_prob > 0 and len(text):
+            t_row, t_pos = _positions(t_len)
+            keep = (rng.random(len(text)) >= token_drop_prob) | (t_len[t_row] <= 1)
+            kept = np.bincount(t_row[keep], minlength=n)
+            empty = np.flatnonzero((kept == 0) & (t_len > 0))
+            if len(empty):  # a text that lost every token keeps one, chosen at random
+                start = np.cumsum(t_len) - t_len
+                keep[start[empty] + rng.integers(0, t_len[empty])] = True
+                kept[empty] = 1
+            text, t_len = text[keep], kept
+        seg, s_len = catalog.ad_segments.take(rows)
+        if rng is not None and shuffle_attributes and len(seg):
+            s_row, _ = _positions(s_len)
+            seg = seg[np.lexsort((rng.random(len(seg)), s_row))]  # a random order within each row
+        attr, seg_tokens = catalog.segments.take(seg)
+        a_len = np.bincount(np.repeat(np.arange(n), s_len), weights=seg_tokens, minlength=n).astype(np.int64)
+        b = self.budget
+        a_keep = np.minimum(a_len, np.maximum(b - t_len, b // 2))
+        t_keep = np.minimum(t_len, b - a_keep)
+
+        head = self.prefix + self.instr_ids
+        body = len(head) + self.n_image_slots  # where each row's text begins
+        tail = body + t_keep + a_keep + len(self.suffix)  # the first SID slot
+        length = tail + self.n_levels + 1
+        ids = np.full((n, int(length.max()) if n else 0), self.pad_id, dtype=np.int64)
+        ids[:, :len(head)] = head
+        for values, lens, keep_n, offset in ((text, t_len, t_keep, body), (attr, a_len, a_keep, body + t_keep)):
+            r, j = _positions(lens)
+            sel = j < keep_n[r]
+            ids[r[sel], (offset if np.isscalar(offset) else offset[r[sel]]) + j[sel]] = values[sel]
+        for k, tok in enumerate(self.suffix):
+            ids[np.arange(n), tail - len(self.suffix) + k] = tok
+        mask = np.arange(ids.shape[1])[None, :] < length[:, None]
+        img_pos = np.broadcast_to(np.arange(len(head), body), (n, self.n_image_slots))
+        slots = np.concatenate([img_pos, tail[:, None] + np.arange(self.n_levels + 1)], axis=1)
         img = None
         if self.n_image_slots:
             if images is None:
                 raise ValueError("the model has image tokens: pass the ads' image feature matrix")
             img = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-        return AdBatch(ids, mask, slots, img)
+        return AdBatch(torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64)),
+                       torch.from_numpy(np.ascontiguousarray(slots, dtype=np.int64)), img)
 
 
 def _plain_backend(tokenizer):
@@ -301,28 +415,23 @@ def tokenize_targets(tokenizer, texts: Sequence[str], max_length: int) -> list[l
         eos = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.pad_token_id
     if eos is None:
         raise ValueError("the reconstruction tokenizer has no eos, sep or pad token: use another rec_decoder")
-    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
+    if not texts:
+        return []
+    backend = _plain_backend(tokenizer)
+    if backend is not None:
+        ids = [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=False)]
+    else:
+        ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
     return [list(x)[: max_length - 1] + [int(eos)] for x in ids]
 
 
 def pad_targets(targets: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids (B, T) int64, mask (B, T) int64), right-padded."""
-    return _pad_rows(targets, pad_id)
-
-
-def _pad_rows(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded (ids, mask) int64 tensors of variable-length id lists, built in one numpy pass: per-row torch
-    copies cost ~10 small ops per row, which made batch assembly most of a UniSID step on a GPU."""
-    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
-    t = int(lengths.max())
-    mask = np.arange(t)[None, :] < lengths[:, None]
-    ids = np.full((len(rows), t), pad_id, dtype=np.int64)
-    ids[mask] = np.fromiter((x for r in rows for x in r), dtype=np.int64, count=int(lengths.sum()))
-    return torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64))
+    return Ragged.from_lists(targets).pad(np.arange(len(targets)), pad_id)
 
 
 __all__ = [
-    "AdBatch", "AdInputBuilder", "EncodedAd", "attribute_segments", "attribute_target_text",
+    "AdBatch", "AdInputBuilder", "EncodedAd", "EncodedCatalog", "Ragged", "attribute_segments", "attribute_target_text",
     "build_tiny_tokenizer", "detect_image_dim", "image_matrix", "pad_targets", "price_bucket", "text_part",
-    "tokenize_targets",
+    "to_device", "tokenize_targets",
 ]

@@ -20,7 +20,7 @@ from unisid_pipeline.hf_quiet import quiet_loading
 from unisid_pipeline.models.rq import RQKMeansConfig, RQKMeansTokenizer, fit_rq_kmeans
 from unisid_pipeline.seeding import resolve_device
 from unisid_pipeline.unisid.config import UniSIDConfig
-from unisid_pipeline.unisid.inputs import AdBatch, AdInputBuilder, build_tiny_tokenizer, image_matrix
+from unisid_pipeline.unisid.inputs import AdBatch, AdInputBuilder, EncodedCatalog, build_tiny_tokenizer, image_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ class UniSIDModel(nn.Module):
         return hist
 
     def encode_heads(self, ads: pl.DataFrame, batch_size: int = 64, device: str = "cpu",
-                     amp: bool = False, encoded: list | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     amp: bool = False, encoded: EncodedCatalog | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(head argmax codes int64 (n, L), embeddings float32 (n, D), last-level logits float32 (n, K)).
 
         Ads are batched by token length (for speed), outputs are returned in the input order. amp: bf16
@@ -241,21 +241,31 @@ class UniSIDModel(nn.Module):
         elif len(encoded) != n:
             raise ValueError(f"encoded holds {len(encoded)} ads, the table {n}")
         images = image_matrix(ads, cfg.image_dim) if cfg.n_image_slots else None
-        lengths = np.array([len(e.text_ids) + sum(len(a) for a in e.attr_ids) for e in encoded], dtype=np.int64)
+        lengths = encoded.token_lengths()
         order = np.argsort(lengths, kind="stable")
         use_amp = amp and dev.type == "cuda"
+        pending: list[tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+        def collect() -> None:  # outputs are read every ~64k ads, not every batch: each read waits for the device
+            if pending:
+                rows = np.concatenate([p[0] for p in pending])
+                codes[rows] = torch.cat([p[1] for p in pending]).cpu().numpy()
+                embs[rows] = torch.cat([p[2] for p in pending]).cpu().numpy()
+                last[rows] = torch.cat([p[3] for p in pending]).cpu().numpy()
+                pending.clear()
+
         try:
             with torch.no_grad(), torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp), \
                     attention_kernels():
                 for s in range(0, n, batch_size):
                     idx = order[s: s + batch_size]
-                    batch = self.builder.collate([encoded[i] for i in idx],
-                                                 None if images is None else images[idx]).to(dev)
+                    batch = self.builder.collate(encoded, None if images is None else images[idx], rows=idx).to(dev)
                     out = self(batch)
                     lg = out.sid_logits.float()
-                    codes[idx] = lg.argmax(-1).cpu().numpy()
-                    embs[idx] = out.embedding.float().cpu().numpy()
-                    last[idx] = lg[:, -1].cpu().numpy()
+                    pending.append((idx, lg.argmax(-1), out.embedding.float(), lg[:, -1]))
+                    if sum(len(p[0]) for p in pending) >= 65536:
+                        collect()
+                collect()
         finally:
             self.train(was_training)
         return codes, embs, last

@@ -34,7 +34,7 @@ from unisid_pipeline.distributed import DistContext
 from unisid_pipeline.seeding import cpu_bf16_allowed, resolve_device, seed_everything
 from unisid_pipeline.unisid.config import UniSIDTrainConfig, resolve_rec_decoder
 from unisid_pipeline.unisid.inputs import (
-    attribute_target_text, detect_image_dim, image_matrix, pad_targets, tokenize_targets,
+    EncodedCatalog, Ragged, attribute_target_text, detect_image_dim, image_matrix, to_device, tokenize_targets,
 )
 from unisid_pipeline.unisid.losses import LOSS_KEYS, UniSIDObjective
 from unisid_pipeline.models.rq import RQKMeansConfig, fit_rq_kmeans
@@ -214,7 +214,7 @@ def train_unisid(
     model = UniSIDModel(mcfg).to(dev)
     use_rec = config.use_rec and config.lambda_rec > 0
     rec_texts: list[str] | None = None
-    rec_targets: list[list[int]] | None = None
+    rec_targets: list[list[int]] | Ragged | None = None
     tiny_vocab: list[int] | None = None
     if use_rec:
         rec_texts = list(summaries) if config.rec_target == "summary" else [attribute_target_text(r) for r in ads.to_dicts()]
@@ -224,6 +224,8 @@ def train_unisid(
     objective = UniSIDObjective(config, model, tiny_vocab).to(dev)
     if use_rec and rec_targets is None:
         rec_targets = tokenize_targets(objective.rec.tokenizer, rec_texts, config.rec_max_length)
+    if rec_targets is not None:
+        rec_targets = Ragged.from_lists(rec_targets)
     model.train()
     objective.train()
 
@@ -307,11 +309,11 @@ def train_unisid(
         # second half: the same ads (two views), or each ad's co-interaction partner
         second = sample_partners(partners, idx, np.random.default_rng([seed, m, 2])) if use_pairs else idx
         img = None if images is None else np.concatenate([images[idx], images[second]])
-        views = model.builder.collate([encoded[i] for i in idx] + [encoded[i] for i in second], img, rng,
-                                      config.token_drop_prob, config.shuffle_attributes)
+        views = model.builder.collate(encoded, img, rng, config.token_drop_prob, config.shuffle_attributes,
+                                      rows=np.concatenate([idx, second]))
         rec_ids = rec_mask = None
         if rec_targets is not None:
-            rec_ids, rec_mask = pad_targets([rec_targets[i] for i in idx], objective.rec.pad_id)
+            rec_ids, rec_mask = rec_targets.pad(idx, objective.rec.pad_id)
         return idx, second, views, int(views.attention_mask.sum()), rec_ids, rec_mask
 
     epoch_losses: list[float] = []
@@ -321,8 +323,53 @@ def train_unisid(
     train_step = ctx.wrap(_TrainStep(model, objective), find_unused_parameters=True)
     logger.info("UniSID training: %d ads, %d steps of %d x %d x %d ads (accumulation x ranks x batch), device %s",
                 n, total_steps, accum, world, config.batch_size, dev)
+    def finish(p: dict[str, Any]) -> None:
+        """Record a dispatched step: read its losses and gradient norm (waiting for its kernels only), log, write the
+        history, the epoch diagnostics and checkpoint that fall on it, and call the callbacks."""
+        nonlocal epoch_losses
+        step = p["step"]
+        if p["event"] is not None:
+            p["event"].synchronize()
+        values = p["values"].tolist()
+        sums, grad_norm = dict(zip(LOSS_KEYS, values[:-1])), values[-1]
+        n_ads, n_tokens = p["ads"], p["tokens"]
+        if ctx.enabled:  # global values: loss means over ranks, counts summed
+            sums = ctx.all_reduce(sums, op="mean")
+            counts = ctx.all_reduce({"ads": n_ads, "tokens": n_tokens})
+            n_ads, n_tokens = int(counts["ads"]), int(counts["tokens"])
+        dt = p["seconds"]
+        rec = {"step": step + 1, "epoch": (step * accum * world) // len(chunks), **sums, "lr": p["lr"],
+               "lr_heads": p["lr_heads"], "grad_norm": grad_norm, "ads": n_ads, "ads_per_s": n_ads / dt,
+               "tokens": n_tokens, "seconds": dt}
+        history["step"].append(rec)
+        epoch_losses.append(rec["loss"])
+        if (step + 1) % 10 == 0 or step == start_step:
+            logger.info("step %d/%d loss %.4f (sid %.4f emb %.4f rec %.4f bal %.4f con %.4f) %.1f ads/s", step + 1,
+                        total_steps, rec["loss"], rec["loss_sid"], rec["loss_emb"], rec["loss_rec"], rec["loss_bal"],
+                        rec["loss_con"], rec["ads_per_s"])
+        ep_recs = []
+        for ep in p["ended_epochs"]:
+            ep_rec: dict[str, Any] = {"epoch": ep, "step": step + 1,
+                                      "loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan")}
+            epoch_losses = []
+            ep_rec.update(_epoch_stats(model, stats_idx, ads, encoded, retrieval_pairs, config, seed, dev, use_amp))
+            history["epoch"].append(ep_rec)
+            ep_recs.append(ep_rec)
+            logger.info("epoch %d done: %s", ep, {k: round(v, 4) for k, v in ep_rec.items()})
+        if p["checkpoint"]:
+            save_checkpoint(step + 1)
+        if on_step is not None and ctx.is_main:
+            on_step(rec)
+        if on_epoch is not None and ctx.is_main:
+            for ep_rec in ep_recs:
+                on_epoch(ep_rec)
+
+    # A step is recorded (finish) while the next one runs on the device: reading its values right away would make the
+    # host wait for the device's queue to drain every step, and then the device wait for the host's next batch.
+    # Steps that end an epoch, write a checkpoint or end the run are recorded at once.
+    pending: dict[str, Any] | None = None
+    t_prev = time.perf_counter()
     for step in range(start_step, total_steps):
-        t0 = time.perf_counter()
         loss_sum = None  # LOSS_KEYS on the device: read once per step (each read is a host-device sync)
         n_ads = n_tokens = 0
         for a in range(accum):
@@ -331,57 +378,44 @@ def train_unisid(
             views = views.to(dev)
             pair_kw = {}
             if use_pairs:
-                pair_kw = {"partner_labels": labels_t[second].to(dev),
-                           "row_keys": torch.from_numpy(np.concatenate([idx, second])).to(dev)}
+                pair_kw = {"partner_labels": to_device(labels_t[second], dev),
+                           "row_keys": to_device(torch.from_numpy(np.concatenate([idx, second])), dev)}
             if rec_ids is not None:
-                rec_ids, rec_mask = rec_ids.to(dev), rec_mask.to(dev)
+                rec_ids, rec_mask = to_device(rec_ids, dev), to_device(rec_mask, dev)
             with ctx.no_sync(train_step, skip=a < accum - 1), attention_kernels():  # DDP: one all-reduce per step
                 with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                    losses = train_step(views, labels_t[idx].to(dev), rec_ids, rec_mask, **pair_kw)
+                    losses = train_step(views, to_device(labels_t[idx], dev), rec_ids, rec_mask, **pair_kw)
                 (losses["loss"] / accum).backward()
             part = torch.stack([losses[k].detach().float() for k in LOSS_KEYS]) / accum
             loss_sum = part if loss_sum is None else loss_sum + part
             n_ads += len(idx)
         params = [p for g in optimizer.param_groups for p in g["params"]]
         total_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        values = torch.cat([loss_sum, total_norm.detach().float().reshape(1).to(loss_sum.device)]).tolist()
-        sums, grad_norm = dict(zip(LOSS_KEYS, values[:-1])), values[-1]
-        if ctx.enabled:  # global values: loss means over ranks, counts summed
-            sums = ctx.all_reduce(sums, op="mean")
-            counts = ctx.all_reduce({"ads": n_ads, "tokens": n_tokens})
-            n_ads, n_tokens = int(counts["ads"]), int(counts["tokens"])
+        values = torch.cat([loss_sum, total_norm.detach().float().reshape(1).to(loss_sum.device)])
+        event = None
+        if values.device.type == "cuda":
+            host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            values = host.copy_(values, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
         ended_epochs = [g // len(chunks) for g in range(step * accum * world, (step + 1) * accum * world)
                         if g % len(chunks) == len(chunks) - 1]
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        dt = time.perf_counter() - t0
-        rec = {"step": step + 1, "epoch": (step * accum * world) // len(chunks), **sums,
-               "lr": optimizer.param_groups[0]["lr"], "lr_heads": optimizer.param_groups[-1]["lr"],
-               "grad_norm": grad_norm, "ads": n_ads, "ads_per_s": n_ads / dt, "tokens": n_tokens, "seconds": dt}
-        history["step"].append(rec)
-        epoch_losses.append(rec["loss"])
-        if (step + 1) % 10 == 0 or step == start_step:
-            logger.info("step %d/%d loss %.4f (sid %.4f emb %.4f rec %.4f bal %.4f con %.4f) %.1f ads/s", step + 1,
-                        total_steps, rec["loss"], rec["loss_sid"], rec["loss_emb"], rec["loss_rec"], rec["loss_bal"],
-                        rec["loss_con"], rec["ads_per_s"])
-        ep_recs = []
-        for ep in ended_epochs:
-            ep_rec: dict[str, Any] = {"epoch": ep, "step": step + 1,
-                                      "loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan")}
-            epoch_losses = []
-            ep_rec.update(_epoch_stats(model, stats_idx, ads, encoded, retrieval_pairs, config, seed, dev, use_amp))
-            history["epoch"].append(ep_rec)
-            ep_recs.append(ep_rec)
-            logger.info("epoch %d done: %s", ep, {k: round(v, 4) for k, v in ep_rec.items()})
+        lr, lr_heads = optimizer.param_groups[0]["lr"], optimizer.param_groups[-1]["lr"]
+        if pending is not None:
+            finish(pending)
+        t_now = time.perf_counter()
         last = step + 1 == total_steps
-        if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 or last:
-            save_checkpoint(step + 1)
-        if on_step is not None and ctx.is_main:
-            on_step(rec)
-        if on_epoch is not None and ctx.is_main:
-            for ep_rec in ep_recs:
-                on_epoch(ep_rec)
+        pending = {"step": step, "values": values, "event": event, "ads": n_ads, "tokens": n_tokens, "lr": lr,
+                   "lr_heads": lr_heads, "seconds": t_now - t_prev, "ended_epochs": ended_epochs,
+                   "checkpoint": bool(config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 or last)}
+        t_prev = t_now
+        if ended_epochs or pending["checkpoint"]:
+            finish(pending)
+            pending = None
+            t_prev = time.perf_counter()  # a step's seconds leave out the epoch diagnostics and checkpoints
     model.eval()
     if mcfg.sid_source == "embedding_rq":
         t0 = time.perf_counter()
@@ -399,7 +433,7 @@ def train_unisid(
     return model, history
 
 
-def _epoch_stats(model: UniSIDModel, stats_idx: np.ndarray, ads: pl.DataFrame, encoded: list,
+def _epoch_stats(model: UniSIDModel, stats_idx: np.ndarray, ads: pl.DataFrame, encoded: EncodedCatalog,
                  retrieval_pairs: np.ndarray | None, config: UniSIDTrainConfig, seed: int,
                  dev: torch.device, amp: bool) -> dict[str, float]:
     """Per-epoch diagnostics: code usage/perplexity of the SIDs on a fixed sample of ads (rows
@@ -413,7 +447,7 @@ def _epoch_stats(model: UniSIDModel, stats_idx: np.ndarray, ads: pl.DataFrame, e
 
     def encode(rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         sub = ads if rows is None else ads[rows.tolist()]
-        enc = encoded if rows is None else [encoded[i] for i in rows]
+        enc = encoded if rows is None else encoded.subset(rows)
         head, emb, _ = model.encode_heads(sub, batch_size=config.encode_batch_size, device=str(dev), amp=amp,
                                           encoded=enc)
         return head, emb

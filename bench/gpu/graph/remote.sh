@@ -10,7 +10,7 @@
 # then it polls the run for POLL_SECONDS (default 0) or until it ends, and always leaves the run's log, per-asset
 # timings and the report tables that exist so far in $OUT, and once it ended a copy of mlflow.db.
 set -uo pipefail
-export PYTHONPATH=/tmp/site:/tmp/repo HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH=/tmp/site:/tmp/repo HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1   # never NVLink multicast here
 export OMP_NUM_THREADS=1 TORCHINDUCTOR_COMPILE_THREADS=2 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 export UNISID_HOME=${UNISID_HOME:-/work/beauty_home} DAGSTER_MODULE_NAME=unisid_pipeline.definitions
