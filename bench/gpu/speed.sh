@@ -6,11 +6,11 @@
 # after bench/gpu/graph/remote.sh carried .gwm, and the Qwen2.5-0.5B-shape folder of `bench/make_decoder_backbones.py
 # --qwen-shape` (config.json, tokenizer*.json). polars must import: the graph's wheels installed by remote.sh, or
 # launch.sh's .gpuw in /tmp/site. Writes $OUT/speed_minilm.txt, speed_minilm2.txt (a second training-only run: the
-# spread between runs), speed_decoder.txt, and with PROFILE=1 speed_minilm_profile.txt; ~5 min on an H100.
+# spread between runs; ENCODE_N ads encoded in the first, default 1M), speed_decoder.txt, and with PROFILE=1 speed_minilm_profile.txt; ~5 min on an H100.
 set -uo pipefail
 export PYTHONPATH=/tmp/site:${PYTHONPATH:-} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
 P="python3 bench/profile_unisid.py --random-init --device cuda --amp --no-profile --no-mlflow"
-$P --backbone "$1" --batch-size 512 --max-length 68 --n-ads 8192 --steps 12 --encode-n-ads 1000000 \
+$P --backbone "$1" --batch-size 512 --max-length 68 --n-ads 8192 --steps 12 --encode-n-ads ${ENCODE_N:-1000000} \
   --encode-batch-size 4096 > $OUT/speed_minilm.txt 2>&1
 $P --backbone "$1" --batch-size 512 --max-length 68 --n-ads 8192 --steps 12 > $OUT/speed_minilm2.txt 2>&1
 [ "${PROFILE:-0}" = 1 ] && $P --backbone "$1" --batch-size 512 --max-length 68 --n-ads 8192 --steps 12 --profile \

@@ -38,11 +38,10 @@ def supcon_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float
     log_prob = sim - torch.logsumexp(sim.masked_fill(eye, float("-inf")), dim=1, keepdim=True)
     pos = (labels.unsqueeze(0) == labels.unsqueeze(1)) & ~eye
     n_pos = pos.sum(1)
-    has = n_pos > 0
-    if not bool(has.any()):
-        return features.sum() * 0.0
-    per_anchor = -(log_prob * pos).sum(1)[has] / n_pos[has]
-    return per_anchor.mean()
+    has = (n_pos > 0).to(log_prob.dtype)
+    # no boolean indexing and no `if` on a device value: each would make the host wait for the device
+    per_anchor = -(log_prob * pos).sum(1) / n_pos.clamp_min(1)
+    return (per_anchor * has).sum() / has.sum().clamp_min(1.0)
 
 
 def supcon_loss_reference(features: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -65,9 +64,7 @@ def two_view_labels(labels: torch.Tensor) -> torch.Tensor:
     Unknown labels become a per-ad id -(i+1), so such an ad's only positive is its other view.
     """
     b = labels.shape[0]
-    lab = labels.clone()
-    unknown = lab < 0
-    lab[unknown] = -(torch.arange(b, device=labels.device)[unknown] + 1)
+    lab = torch.where(labels < 0, -(torch.arange(b, device=labels.device) + 1), labels)
     return torch.cat([lab, lab])
 
 
@@ -341,7 +338,7 @@ class UniSIDObjective(nn.Module):
         if out.sid_logits.shape[0] != 2 * b:
             raise ValueError(f"views must hold 2*B={2 * b} rows, got {out.sid_logits.shape[0]}")
         dev = out.sid_logits.device
-        nan = torch.tensor(float("nan"), device=dev)
+        nan = torch.full((), float("nan"), device=dev)  # a fill on the device, not a copy that waits for it
         comps: dict[str, torch.Tensor] = {}
         total = torch.zeros((), dtype=torch.float32, device=dev)
         logits = out.sid_logits.float()
