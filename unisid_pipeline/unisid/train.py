@@ -212,6 +212,11 @@ def train_unisid(
             mcfg = replace(mcfg, image_dim=d)
             config = replace(config, model=mcfg)
     model = UniSIDModel(mcfg).to(dev)
+    if config.compile and dev.type == "cuda":
+        model.backbone.compile()  # in place: the state dict keeps its keys
+        logger.info("backbone compiled with torch.compile (the first steps include the compilation)")
+    elif config.compile:
+        logger.info("compile is ignored on %s: it pays on CUDA only", dev)
     use_rec = config.use_rec and config.lambda_rec > 0
     rec_texts: list[str] | None = None
     rec_targets: list[list[int]] | Ragged | None = None
@@ -237,7 +242,7 @@ def train_unisid(
     chunks = epoch_chunks(n, config.batch_size)
     accum = config.grad_accum_steps
     total_steps = config.max_steps or math.ceil(config.epochs * len(chunks) / (accum * world))
-    optimizer = torch.optim.AdamW(_param_groups(model, objective, config))
+    optimizer = torch.optim.AdamW(_param_groups(model, objective, config), fused=dev.type == "cuda" or None)
     warmup = int(config.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup, config.min_lr_ratio))
     use_amp = (config.amp and dev.type == "cuda") or (dev.type == "cpu" and cpu_amp_enabled(config.cpu_amp))
