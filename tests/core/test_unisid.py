@@ -435,11 +435,3 @@ def test_catalog_tokenisation_gives_the_ids_of_the_tokenizer_called_text_by_text
         segs = [" " + s + ";" for s in attribute_segments(row, True)]
         assert e.attr_ids == [tok(s, add_special_tokens=False)["input_ids"] for s in segs]
 
-
-def test_compile_is_a_cuda_setting_that_a_cpu_run_ignores_with_a_log_line(ads, caplog):
-    import logging
-
-    with caplog.at_level(logging.INFO, logger="unisid_pipeline.unisid.train"):
-        model, hist = train_unisid(train_cfg(max_steps=2, compile=True), ads, None, labels_of(ads), seed=0, device="cpu")
-    assert "compile is ignored on cpu" in caplog.text and len(hist["step"]) == 2
-    assert not hasattr(model.backbone, "_compiled_call_impl") or model.backbone._compiled_call_impl is None

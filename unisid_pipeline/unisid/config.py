@@ -183,8 +183,6 @@ class UniSIDTrainConfig:
     """bfloat16 autocast on CUDA"""
     cpu_amp: bool = False
     """bfloat16 autocast on the CPU where it has bf16 instructions (fp32 with a warning elsewhere)"""
-    compile: bool = False
-    """torch.compile the backbone on CUDA (ignored on the CPU): fewer, fused kernels and less Python per step"""
     # losses
     use_sid: bool = True
     """train L_sid (multi-granularity SupCon on the per-level SID logits)"""

@@ -212,11 +212,6 @@ def train_unisid(
             mcfg = replace(mcfg, image_dim=d)
             config = replace(config, model=mcfg)
     model = UniSIDModel(mcfg).to(dev)
-    if config.compile and dev.type == "cuda":
-        model.backbone.compile()  # in place: the state dict keeps its keys
-        logger.info("backbone compiled with torch.compile (the first steps include the compilation)")
-    elif config.compile:
-        logger.info("compile is ignored on %s: it pays on CUDA only", dev)
     use_rec = config.use_rec and config.lambda_rec > 0
     rec_texts: list[str] | None = None
     rec_targets: list[list[int]] | Ragged | None = None
