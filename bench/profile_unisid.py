@@ -114,6 +114,7 @@ def main() -> None:
                     help="torch.profiler over 3 UniSID steps (default: on CUDA)")
     ap.add_argument("--encode-batch-size", type=int, default=2048)
     ap.add_argument("--encode-n-ads", type=int, default=0, help="ads to encode (0 = n-ads)")
+    ap.add_argument("--compile", action="store_true", help="UniSIDTrainConfig.compile (CUDA graphs of the step)")
     ap.add_argument("--skip-steps", type=int, default=1, help="first UniSID steps left out of the timing (compilation)")
     ap.add_argument("--peak-tflops", type=float, default=989.0,
                     help="bf16 dense peak of the device for the MFU column (H100/H200 SXM: 989; 0 = skip)")
@@ -153,6 +154,7 @@ def main() -> None:
         model=UniSIDConfig(backbone=backbone, max_length=args.max_length, sid_source="head"), emb_positives="view",
         max_steps=args.steps + args.skip_steps, batch_size=args.batch_size, amp=args.amp, cpu_amp=args.amp,
         rec_decoder="tiny", rec_target="attributes", checkpoint_every=0, code_stats_sample=0,
+        compile=args.compile,
     )
     if backbone != "tiny":
         c = ceiling(backbone if backbone != "minilm" else _minilm_dir(), 2 * args.batch_size, args.max_length,

@@ -157,6 +157,11 @@ def test_batches_follow_the_documented_layout_row_by_row(model, ads, max_length)
         assert batch.input_ids[i, :n].tolist() == ids and n <= max_length
         assert (batch.input_ids[i, n:] == b.pad_id).all() and not batch.attention_mask[i, n:].any()
         assert batch.slot_positions[i].tolist() == slots
+    # a compiled step pads every batch to max_length (one static shape): the same rows, more padding
+    fixed = b.collate(enc, np.zeros((len(rows), 4), np.float32), rows=rows, pad_to=max_length)
+    w = batch.input_ids.shape[1]
+    assert fixed.input_ids.shape[1] == max_length and torch.equal(fixed.input_ids[:, :w], batch.input_ids)
+    assert torch.equal(fixed.slot_positions, batch.slot_positions) and not fixed.attention_mask[:, w:].any()
 
 
 def test_views_drop_text_tokens_and_shuffle_attribute_segments_within_each_ad(model, ads):
@@ -435,3 +440,11 @@ def test_catalog_tokenisation_gives_the_ids_of_the_tokenizer_called_text_by_text
         segs = [" " + s + ";" for s in attribute_segments(row, True)]
         assert e.attr_ids == [tok(s, add_special_tokens=False)["input_ids"] for s in segs]
 
+
+
+def test_compile_is_a_cuda_setting_that_a_cpu_run_ignores_with_a_log_line(ads, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="unisid_pipeline.unisid.train"):
+        _, hist = train_unisid(train_cfg(max_steps=2, compile=True), ads, None, labels_of(ads), seed=0, device="cpu")
+    assert "compile is ignored on cpu" in caplog.text and len(hist["step"]) == 2

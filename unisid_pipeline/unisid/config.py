@@ -183,6 +183,8 @@ class UniSIDTrainConfig:
     """bfloat16 autocast on CUDA"""
     cpu_amp: bool = False
     """bfloat16 autocast on the CPU where it has bf16 instructions (fp32 with a warning elsewhere)"""
+    compile: bool = False
+    """CUDA only: torch.compile the training step (model and losses) with CUDA graphs, views padded to max_length"""
     # losses
     use_sid: bool = True
     """train L_sid (multi-granularity SupCon on the per-level SID logits)"""

@@ -185,10 +185,10 @@ class Ragged:
         np.cumsum(lengths, out=offsets[1:])
         return Ragged(values, offsets)
 
-    def pad(self, rows: np.ndarray, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-padded (ids, mask) int64 tensors (len(rows), longest) of the lists of `rows`."""
+    def pad(self, rows: np.ndarray, pad_id: int, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded (ids, mask) int64 tensors (len(rows), max(longest, width)) of the lists of `rows`."""
         values, lengths = self.take(rows)
-        return _pad_flat(values, lengths, pad_id)
+        return _pad_flat(values, lengths, pad_id, width)
 
 
 def _ragged_index(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -207,8 +207,9 @@ def _positions(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return row, np.arange(int(lengths.sum()), dtype=np.int64) - begin[row]
 
 
-def _pad_flat(values: np.ndarray, lengths: np.ndarray, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    t = int(lengths.max()) if len(lengths) else 0
+def _pad_flat(values: np.ndarray, lengths: np.ndarray, pad_id: int,
+              width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    t = max(int(lengths.max()) if len(lengths) else 0, width or 0)
     mask = np.arange(t)[None, :] < lengths[:, None]
     ids = np.full((len(lengths), t), pad_id, dtype=np.int64)
     ids[mask] = values  # row-major order of the mask = the rows' values concatenated
@@ -334,8 +335,9 @@ class AdInputBuilder:
 
     def collate(self, catalog: EncodedCatalog, images: np.ndarray | None = None,
                 rng: np.random.Generator | None = None, token_drop_prob: float = 0.0,
-                shuffle_attributes: bool = False, rows: np.ndarray | None = None) -> AdBatch:
-        """The padded batch of the ads `rows` of `catalog` (default: all, in order); `images` are those rows' features.
+                shuffle_attributes: bool = False, rows: np.ndarray | None = None, pad_to: int | None = None) -> AdBatch:
+        """The padded batch of the ads `rows` of `catalog` (default: all, in order); `images` are those rows' features;
+        `pad_to`: at least this many columns (one static shape for a compiled step).
 
         Each row is laid out as in the module docstring; with `rng`, a stochastic view: each text token is dropped
         with probability token_drop_prob (texts of 2+ tokens keep at least one), and the attribute segments are
@@ -369,7 +371,7 @@ class AdInputBuilder:
         body = len(head) + self.n_image_slots  # where each row's text begins
         tail = body + t_keep + a_keep + len(self.suffix)  # the first SID slot
         length = tail + self.n_levels + 1
-        ids = np.full((n, int(length.max()) if n else 0), self.pad_id, dtype=np.int64)
+        ids = np.full((n, max(int(length.max()) if n else 0, pad_to or 0)), self.pad_id, dtype=np.int64)
         ids[:, :len(head)] = head
         for values, lens, keep_n, offset in ((text, t_len, t_keep, body), (attr, a_len, a_keep, body + t_keep)):
             r, j = _positions(lens)

@@ -212,6 +212,9 @@ def train_unisid(
             mcfg = replace(mcfg, image_dim=d)
             config = replace(config, model=mcfg)
     model = UniSIDModel(mcfg).to(dev)
+    use_compile = config.compile and dev.type == "cuda" and not ctx.enabled
+    if config.compile and not use_compile:
+        logger.info("compile is ignored on %s%s: it runs one CUDA device", dev, " under DDP" if ctx.enabled else "")
     use_rec = config.use_rec and config.lambda_rec > 0
     rec_texts: list[str] | None = None
     rec_targets: list[list[int]] | Ragged | None = None
@@ -310,10 +313,10 @@ def train_unisid(
         second = sample_partners(partners, idx, np.random.default_rng([seed, m, 2])) if use_pairs else idx
         img = None if images is None else np.concatenate([images[idx], images[second]])
         views = model.builder.collate(encoded, img, rng, config.token_drop_prob, config.shuffle_attributes,
-                                      rows=np.concatenate([idx, second]))
+                                      rows=np.concatenate([idx, second]), pad_to=mcfg.max_length if use_compile else None)
         rec_ids = rec_mask = None
         if rec_targets is not None:
-            rec_ids, rec_mask = rec_targets.pad(idx, objective.rec.pad_id)
+            rec_ids, rec_mask = rec_targets.pad(idx, objective.rec.pad_id, config.rec_max_length if use_compile else None)
         return idx, second, views, int(views.attention_mask.sum()), rec_ids, rec_mask
 
     epoch_losses: list[float] = []
@@ -321,6 +324,10 @@ def train_unisid(
         last_epoch = history["step"][-1]["epoch"]
         epoch_losses = [s["loss"] for s in history["step"] if s["epoch"] == last_epoch]
     train_step = ctx.wrap(_TrainStep(model, objective), find_unused_parameters=True)
+    step_fn = train_step
+    if use_compile:  # static shapes (views at max_length, targets at rec_max_length): one CUDA graph per batch size
+        step_fn = torch.compile(train_step, mode="reduce-overhead", dynamic=False)
+        logger.info("training step compiled (CUDA graphs); the first steps include the compilation")
     logger.info("UniSID training: %d ads, %d steps of %d x %d x %d ads (accumulation x ranks x batch), device %s",
                 n, total_steps, accum, world, config.batch_size, dev)
     def finish(p: dict[str, Any]) -> None:
@@ -383,8 +390,10 @@ def train_unisid(
             if rec_ids is not None:
                 rec_ids, rec_mask = to_device(rec_ids, dev), to_device(rec_mask, dev)
             with ctx.no_sync(train_step, skip=a < accum - 1), attention_kernels():  # DDP: one all-reduce per step
+                if use_compile:
+                    torch.compiler.cudagraph_mark_step_begin()
                 with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                    losses = train_step(views, to_device(labels_t[idx], dev), rec_ids, rec_mask, **pair_kw)
+                    losses = step_fn(views, to_device(labels_t[idx], dev), rec_ids, rec_mask, **pair_kw)
                 (losses["loss"] / accum).backward()
             part = torch.stack([losses[k].detach().float() for k in LOSS_KEYS]) / accum
             loss_sum = part if loss_sum is None else loss_sum + part
