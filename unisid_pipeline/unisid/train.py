@@ -20,6 +20,7 @@ import hashlib
 import logging
 import math
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -327,6 +328,8 @@ def train_unisid(
     step_fn = train_step
     if use_compile:  # static shapes (views at max_length, targets at rec_max_length): one CUDA graph per batch size
         step_fn = torch.compile(train_step, mode="reduce-overhead", dynamic=False)
+        # inductor suggests TF32 for fp32 matmuls; the contrastive similarities stay fp32 on purpose (see losses)
+        warnings.filterwarnings("ignore", message="TensorFloat32 tensor cores", category=UserWarning)
         logger.info("training step compiled (CUDA graphs); the first steps include the compilation")
     logger.info("UniSID training: %d ads, %d steps of %d x %d x %d ads (accumulation x ranks x batch), device %s",
                 n, total_steps, accum, world, config.batch_size, dev)
