@@ -7,6 +7,10 @@
 # --qwen-shape` (config.json, tokenizer*.json). polars must import: the graph's wheels installed by remote.sh, or
 # launch.sh's .gpuw in /tmp/site. Writes $OUT/speed_minilm.txt, speed_minilm2.txt (a second training-only run: the
 # spread between runs; ENCODE_N ads encoded in the first, default 1M), speed_decoder.txt, and with PROFILE=1 speed_minilm_profile.txt; ~5 min on an H100.
+# The decoder folder travels as .gpuq (config.json, tokenizer_config.json, tokenizer.json.xz: 0.5 MB) and is unpacked
+# there before this script: mkdir -p /tmp/qwen && cp .gpuq/*.json /tmp/qwen/ && python3 -c "import lzma, shutil;
+#   shutil.copyfileobj(lzma.open('.gpuq/tokenizer.json.xz'), open('/tmp/qwen/tokenizer.json', 'wb'))"
+# UniSID's compiled step (UniSIDTrainConfig.compile): bench/profile_unisid.py ... --compile --skip-steps 4 (BENCHMARKS.md).
 set -uo pipefail
 export PYTHONPATH=/tmp/site:${PYTHONPATH:-} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
 P="python3 bench/profile_unisid.py --random-init --device cuda --amp --no-profile --no-mlflow"
