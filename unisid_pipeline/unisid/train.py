@@ -215,7 +215,7 @@ def train_unisid(
     model = UniSIDModel(mcfg).to(dev)
     use_compile = config.compile and dev.type == "cuda" and not ctx.enabled
     if config.compile and not use_compile:
-        logger.info("compile is ignored on %s%s: it runs one CUDA device", dev, " under DDP" if ctx.enabled else "")
+        logger.info("compile is ignored on %s%s: it needs one CUDA device without DDP", dev, " under DDP" if ctx.enabled else "")
     use_rec = config.use_rec and config.lambda_rec > 0
     rec_texts: list[str] | None = None
     rec_targets: list[list[int]] | Ragged | None = None
