@@ -83,3 +83,30 @@ def test_every_launchpad_field_is_described():
     for op, cls in op_config_classes(ALL_ASSETS).items():
         walk(cls, op)
     assert not undescribed, undescribed
+
+
+def test_every_place_that_names_the_code_location_names_the_same_module():
+    """`dagster` reads pyproject's [tool.dagster] (or workspace.yaml), `dg` reads [tool.dg.project], and the venv's
+    start-up hook sets DAGSTER_MODULE_NAME: a module renamed in one of them would load another code location, or none."""
+    import re
+    import sysconfig
+    import tomllib
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
+    workspace = yaml.safe_load((root / "workspace.yaml").read_text())["load_from"][0]["python_module"]
+    named = {
+        "pyproject [tool.dagster]": pyproject["tool"]["dagster"]["module_name"],
+        "pyproject [tool.dg.project]": pyproject["tool"]["dg"]["project"]["code_location_target_module"],
+        "workspace.yaml": workspace["module_name"],
+    }
+    pth = Path(sysconfig.get_paths()["purelib"]) / "unisid_pipeline_env.pth"
+    if pth.exists():  # written by `make setup` (scripts/configure_venv.py)
+        named["the venv's .pth"] = re.search(r"'DAGSTER_MODULE_NAME', '([^']+)'", pth.read_text()).group(1)
+    assert set(named.values()) == {"unisid_pipeline.definitions"}, named
+    names = {pyproject["tool"]["dagster"]["code_location_name"], pyproject["tool"]["dg"]["project"]["code_location_name"],
+             workspace["location_name"]}
+    assert names == {"unisid_pipeline"}
