@@ -224,11 +224,12 @@ def main() -> None:
     model.encode_heads(big, batch_size=args.encode_batch_size, device=args.device, amp=args.amp, encoded=encoded)
     sync(dev)
     fwd_s = time.perf_counter() - t0
-    for loop, secs_ in (("tokenise the catalog (encode_ads, host)", tok_s), ("encode, pre-tokenised (encode_heads)", fwd_s),
-                        ("encode with tokenisation", tok_s + fwd_s)):
+    for loop, secs_, flops in (("tokenise the catalog (encode_ads, host)", tok_s, None),
+                               ("encode, pre-tokenised (encode_heads)", fwd_s, 2),
+                               ("encode with tokenisation", tok_s + fwd_s, None)):
         rows.append({"loop": loop, "device": name, "batch ads": args.encode_batch_size, "n ads": n_enc,
                      "seconds": secs_, "ads/s": n_enc / secs_,
-                     "MFU %": mfu(2, backbone_params, enc_tokens / secs_) if "pre-tokenised" in loop else None})
+                     "MFU %": mfu(flops, backbone_params, enc_tokens / secs_) if flops else None})
     report.table(rows, title="UniSID training and encode against a plain backbone loop")
     if text:
         report.attach_text(text, "profile.md")

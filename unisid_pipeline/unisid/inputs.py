@@ -156,9 +156,7 @@ class Ragged:
 
     @classmethod
     def from_lists(cls, lists: Sequence[Sequence[int]]) -> "Ragged":
-        lengths = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
-        offsets = np.zeros(len(lists) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
+        offsets = _offsets(np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists)))
         values = np.fromiter((t for x in lists for t in x), dtype=np.int64, count=int(offsets[-1]))
         return cls(values, offsets)
 
@@ -177,13 +175,12 @@ class Ragged:
         rows = np.asarray(rows, dtype=np.int64)
         starts = self.offsets[rows]
         lengths = self.offsets[rows + 1] - starts
-        return self.values[_ragged_index(starts, lengths)], lengths
+        row, pos = _positions(lengths)
+        return self.values[starts[row] + pos], lengths
 
     def subset(self, rows: np.ndarray) -> "Ragged":
         values, lengths = self.take(rows)
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        return Ragged(values, offsets)
+        return Ragged(values, _offsets(lengths))
 
     def pad(self, rows: np.ndarray, pad_id: int, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded (ids, mask) int64 tensors (len(rows), max(longest, width)) of the lists of `rows`."""
@@ -191,20 +188,17 @@ class Ragged:
         return _pad_flat(values, lengths, pad_id, width)
 
 
-def _ragged_index(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Flat indices of the ranges [starts[i], starts[i] + lengths[i]), concatenated."""
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    begin = np.cumsum(lengths) - lengths  # where each range begins in the output
-    return np.repeat(starts - begin, lengths) + np.arange(total, dtype=np.int64)
+def _offsets(lengths: np.ndarray) -> np.ndarray:
+    """(n + 1,) offsets of n consecutive rows with these lengths: row i spans [offsets[i], offsets[i + 1])."""
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
 
 
 def _positions(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(row, position within its row) of every element of rows with these lengths, concatenated."""
     row = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
-    begin = np.cumsum(lengths) - lengths
-    return row, np.arange(int(lengths.sum()), dtype=np.int64) - begin[row]
+    return row, np.arange(len(row), dtype=np.int64) - _offsets(lengths)[row]
 
 
 def _pad_flat(values: np.ndarray, lengths: np.ndarray, pad_id: int,
@@ -316,11 +310,7 @@ class AdInputBuilder:
         """Token ids of each text, no special tokens: what `tokenizer(texts, add_special_tokens=False)` gives,
         straight from the Rust tokenizer when there is one (the Python wrapper's per-text conversion was
         as slow as the tokenisation itself)."""
-        if not texts:
-            return []
-        if self._backend is not None:
-            return [e.ids for e in self._backend.encode_batch(texts, add_special_tokens=False)]
-        return [list(x) for x in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        return _token_ids(self.tokenizer, self._backend, texts)
 
     def encode_ads(self, ads: pl.DataFrame) -> EncodedCatalog:
         rows = ads.to_dicts()
@@ -348,21 +338,20 @@ class AdInputBuilder:
         n = len(rows)
         text, t_len = catalog.text.take(rows)
         if rng is not None and token_drop_prob > 0 and len(text):
-            t_row, t_pos = _positions(t_len)
+            t_row, _ = _positions(t_len)
             keep = (rng.random(len(text)) >= token_drop_prob) | (t_len[t_row] <= 1)
             kept = np.bincount(t_row[keep], minlength=n)
             empty = np.flatnonzero((kept == 0) & (t_len > 0))
             if len(empty):  # a text that lost every token keeps one, chosen at random
-                start = np.cumsum(t_len) - t_len
-                keep[start[empty] + rng.integers(0, t_len[empty])] = True
+                keep[_offsets(t_len)[empty] + rng.integers(0, t_len[empty])] = True
                 kept[empty] = 1
             text, t_len = text[keep], kept
         seg, s_len = catalog.ad_segments.take(rows)
+        s_row, _ = _positions(s_len)
         if rng is not None and shuffle_attributes and len(seg):
-            s_row, _ = _positions(s_len)
             seg = seg[np.lexsort((rng.random(len(seg)), s_row))]  # a random order within each row
         attr, seg_tokens = catalog.segments.take(seg)
-        a_len = np.bincount(np.repeat(np.arange(n), s_len), weights=seg_tokens, minlength=n).astype(np.int64)
+        a_len = np.bincount(s_row, weights=seg_tokens, minlength=n).astype(np.int64)
         b = self.budget
         a_keep = np.minimum(a_len, np.maximum(b - t_len, b // 2))
         t_keep = np.minimum(t_len, b - a_keep)
@@ -391,6 +380,15 @@ class AdInputBuilder:
                        torch.from_numpy(np.ascontiguousarray(slots, dtype=np.int64)), img)
 
 
+def _token_ids(tokenizer, backend, texts: Sequence[str]) -> list[list[int]]:
+    """Ids of each text without special tokens, from `backend` (`_plain_backend(tokenizer)`) when there is one."""
+    if not texts:
+        return []
+    if backend is not None:
+        return [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=False)]
+    return [list(x) for x in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+
 def _plain_backend(tokenizer):
     """A private copy of a fast tokenizer's Rust backend with truncation and padding off, or None.
 
@@ -417,14 +415,8 @@ def tokenize_targets(tokenizer, texts: Sequence[str], max_length: int) -> list[l
         eos = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.pad_token_id
     if eos is None:
         raise ValueError("the reconstruction tokenizer has no eos, sep or pad token: use another rec_decoder")
-    if not texts:
-        return []
-    backend = _plain_backend(tokenizer)
-    if backend is not None:
-        ids = [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=False)]
-    else:
-        ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    return [list(x)[: max_length - 1] + [int(eos)] for x in ids]
+    ids = _token_ids(tokenizer, _plain_backend(tokenizer), texts) if texts else []
+    return [x[: max_length - 1] + [int(eos)] for x in ids]
 
 
 def pad_targets(targets: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
