@@ -122,7 +122,7 @@ def main() -> None:
                     help="also run the UniSID loop under cProfile: the Python functions with the most own time "
                          "(time blocked in a host-device sync shows up in the call that syncs)")
     ap.add_argument("--sdp", choices=["pipeline", "no-cudnn", "cudnn-allowed"], default="pipeline",
-                    help="attention kernels: pipeline = UniSID's own choice (unisid.model.attention_kernels: no cuDNN); "
+                    help="attention kernels: pipeline = UniSID's own choice (attention.attention_kernels: no cuDNN); "
                          "no-cudnn = cuDNN off globally too; cudnn-allowed = PyTorch's default choice (cuDNN on Hopper)")
     add_report_args(ap)
     args = ap.parse_args()

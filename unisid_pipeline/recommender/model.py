@@ -19,6 +19,7 @@ from torch import nn
 from transformers import T5Config, T5ForConditionalGeneration
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
+from unisid_pipeline.attention import attention_kernels
 from unisid_pipeline.recommender.trie import SIDTrie
 from unisid_pipeline.recommender.vocab import EOS_ID, PAD_ID, SIDVocab
 from unisid_pipeline.seeding import check_device_name, cpu_bf16_allowed
@@ -475,11 +476,12 @@ class GenerativeRecommender(nn.Module):
         use_cache: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Constrained beam search; (B, W) item indices (-1 = none) and log-prob scores. See
-        :func:`constrained_beam_search`. Runs in eval mode (restores the previous mode)."""
+        :func:`constrained_beam_search`. Runs in eval mode (restores the previous mode), with every attention
+        kernel but cuDNN's (`attention.attention_kernels`: 6,419 against 883-4,528 users/s on an H100)."""
         was_training = self.training
         self.eval()
         try:
-            with autocast_ctx(self.device, self.config.bf16):
+            with autocast_ctx(self.device, self.config.bf16), attention_kernels():
                 return constrained_beam_search(
                     self.t5, self.trie, self.vocab.offsets, input_ids.to(self.device), attention_mask.to(self.device),
                     beam_size or self.config.beam_size, use_cache=use_cache,

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unisid_pipeline.attention import attention_kernels
 from unisid_pipeline.hf_quiet import quiet_loading
 from unisid_pipeline.models.rq import RQKMeansConfig, RQKMeansTokenizer, fit_rq_kmeans
 from unisid_pipeline.seeding import resolve_device
@@ -25,16 +26,6 @@ from unisid_pipeline.unisid.inputs import AdBatch, AdInputBuilder, EncodedCatalo
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "unisid/1"
-
-
-def attention_kernels():
-    """The scaled-dot-product attention kernels UniSID's backbone may use: every one but cuDNN's. On an H100 with
-    torch 2.13, padded (masked) batches went to the cuDNN attention backend, which spent ~40 ms of host time per
-    call: a training step at batch 512 took 0.45 s instead of 0.10 s (`bench/profile_unisid.py --sdp`). Flash
-    and memory-efficient kernels (and the CPU's) compute the same attention; the choice is scoped to this block."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def minilm_path() -> Path:

@@ -40,7 +40,8 @@ from unisid_pipeline.unisid.inputs import (
 from unisid_pipeline.unisid.losses import LOSS_KEYS, UniSIDObjective
 from unisid_pipeline.models.rq import RQKMeansConfig, fit_rq_kmeans
 from unisid_pipeline.retrieval import retrieval_recall
-from unisid_pipeline.unisid.model import UniSIDModel, attention_kernels
+from unisid_pipeline.attention import attention_kernels
+from unisid_pipeline.unisid.model import UniSIDModel
 from unisid_pipeline.unisid.pairs import Partners, sample_partners
 from unisid_pipeline.files import remove_dead_temps
 
