@@ -53,6 +53,18 @@ def sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
+def top_operators(dev: torch.device, run, row_limit: int) -> str:
+    """torch.profiler's table of the operators with the most own device time (CPU time on the CPU) in `run()`."""
+    from torch.profiler import ProfilerActivity, profile as tprofile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with tprofile(activities=acts) as prof:
+        run()
+        sync(dev)
+    key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=row_limit, max_name_column_width=60)
+
+
 def time_variant(seqs: pl.DataFrame, sids, dev: torch.device, batch: int, bf16: bool, compile_mode: str | None,
                  steps: int, warmup: int, profile: bool = False, attn: str | None = None,
                  width: int | None = None) -> dict:
@@ -100,17 +112,7 @@ def time_variant(seqs: pl.DataFrame, sids, dev: torch.device, batch: int, bf16: 
         step()
     sync(dev)
     dt = (time.perf_counter() - t0) / steps
-    table = None
-    if profile:
-        from torch.profiler import ProfilerActivity, profile as tprofile
-
-        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-        with tprofile(activities=acts) as prof:
-            for _ in range(10):
-                step()
-            sync(dev)
-        key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
-        table = prof.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=60)
+    table = top_operators(dev, lambda: [step() for _ in range(10)], 15) if profile else None
     return {"ms_step": dt * 1e3, "ex_s": batch / dt, "warmup_s": warm_s, "epoch_s": len(ex) / batch * dt,
             "n_train": len(ex), "model": model, "profile": table}
 
@@ -194,14 +196,8 @@ def main() -> None:
     print()
     rep.table(beam_rows, key="beam_search")
     if args.profile_beam:
-        from torch.profiler import ProfilerActivity, profile as tprofile
-
-        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-        with tprofile(activities=acts) as prof:
-            rank_histories(model, ex.history_idx[:n], None if utok is None else utok[:n], args.profile_beam)
-            sync(dev)
-        key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
-        beam_table = prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=60)
+        users_tok = None if utok is None else utok[:n]
+        beam_table = top_operators(dev, lambda: rank_histories(model, ex.history_idx[:n], users_tok, args.profile_beam), 25)
         print(f"\nTop operators, beam search at batch {args.profile_beam}, {n} users:\n{beam_table}")
         rep.attach_text(beam_table, "profile_beam.txt")
     rep.log()
